@@ -1,0 +1,201 @@
+"""GSM8K-shaped synthetic arithmetic word problems, deterministic by seed.
+
+A problem tells a short story: someone starts with a number of things, then 1 to 4
+events add or remove some.  The worked solution writes one line per event, carrying the
+running total from line to line, and ends with GSM8K's ``#### <number>`` line::
+
+    Q: Mia has 7 shells. She finds 8 more. She gives 5 to Ben. How many shells does Mia have now?
+    A: 7 + 8 = 15. so 15 - 5 = 10. #### 10
+
+Each line's result feeds the next, so the answer depends on the chain being written
+left to right.  With ``forms`` > 0 the solution text has several valid surface forms
+(the operands of a sum in either order, an optional leading word of 0 to 2 tokens): the
+token-wise mixture of two valid forms is wrong, which is what committing several
+positions at once gets wrong and what one token per step gets right.
+
+Difficulty knobs live in :class:`Difficulty`; :func:`generate` yields problems,
+:func:`make_splits` builds ``datasets.Dataset`` splits with the held-out test prompts
+excluded from training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+NAMES = (
+    ("Tom", "he", "him"), ("Ann", "she", "her"), ("Sam", "he", "him"), ("Lily", "she", "her"),
+    ("Ben", "he", "him"), ("Mia", "she", "her"), ("Jack", "he", "him"), ("Emma", "she", "her"),
+    ("Leo", "he", "him"), ("Zoe", "she", "her"), ("Max", "he", "him"), ("Ivy", "she", "her"),
+)
+ITEMS = (
+    "apples", "books", "coins", "marbles", "stamps", "cards",
+    "shells", "pencils", "cookies", "toys", "eggs", "flowers",
+)
+STARTS = (
+    "{name} has {a} {items} .",
+    "{name} starts with {a} {items} .",
+    "There are {a} {items} in {name} ' s box .",
+    "{name} owns {a} {items} .",
+)
+ADDS = (
+    "{P} buys {b} more .",
+    "{P} finds {b} more .",
+    "{friend} gives {obj} {b} more .",
+    "{P} gets {b} more from {friend} .",
+    "{P} makes {b} more .",
+)
+SUBS = (
+    "{P} gives {b} to {friend} .",
+    "{P} loses {b} .",
+    "{P} sells {b} .",
+    "{friend} takes {b} of them .",
+    "{P} throws away {b} .",
+)
+QUESTIONS = (
+    "How many {items} does {name} have now ?",
+    "How many {items} does {name} have in the end ?",
+)
+FILLERS = ("", "so ", "and then ")  # 0, 1 and 2 tokens
+
+ANSWER_RE = re.compile(r"####\s*(-?\d+)")
+
+
+@attrs.frozen
+class Difficulty:
+    """Knobs of the generator.
+
+    Attributes:
+        min_ops: fewest events after the start (>= 1).
+        max_ops: most events (<= 4 keeps a solution within 64 tokens).
+        max_operand: largest number in the story (start and every event).
+        max_total: the running total never exceeds this.
+        forms: 0 canonical solution text only; 1 also swaps the operands of a sum;
+            2 also starts a line with an optional filler of 0 to 2 tokens.
+    """
+
+    min_ops: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    max_ops: int = attrs.field(default=4, validator=attrs.validators.le(8))
+    max_operand: int = attrs.field(default=9, validator=attrs.validators.ge(1))
+    max_total: int = attrs.field(default=60, validator=attrs.validators.ge(2))
+    forms: int = attrs.field(default=2, validator=attrs.validators.in_((0, 1, 2)))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_ops < self.min_ops:
+            raise ValueError(f"Difficulty: max_ops={self.max_ops} < min_ops={self.min_ops}")
+
+
+@attrs.frozen
+class Problem:
+    """One word problem: ``question`` (the prompt), ``solution`` (worked lines and
+    ``#### answer``) and the integer ``answer``."""
+
+    question: str
+    solution: str
+    answer: int
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "solution": self.solution, "answer": self.answer}
+
+
+def _problem(rng: random.Random, d: Difficulty) -> Problem:
+    name, pronoun, obj = rng.choice(NAMES)
+    friend = rng.choice([n for n, _, _ in NAMES if n != name])
+    items = rng.choice(ITEMS)
+    total = rng.randint(1, d.max_operand)
+    sentences = [rng.choice(STARTS).format(name=name, a=total, items=items)]
+    lines = []
+    for _ in range(rng.randint(d.min_ops, d.max_ops)):
+        # Lean towards sums so totals climb past 9 (carries, then borrows).
+        add = total + 1 <= d.max_total and (total < 2 or rng.random() < 0.6)
+        if add:
+            b = rng.randint(1, min(d.max_operand, d.max_total - total))
+            template, result = rng.choice(ADDS), total + b
+            left, right = (b, total) if d.forms >= 1 and rng.random() < 0.5 else (total, b)
+            expr = f"{left} + {right}"
+        else:
+            b = rng.randint(1, min(d.max_operand, total))
+            template, result = rng.choice(SUBS), total - b
+            expr = f"{total} - {b}"
+        subject = pronoun.capitalize()
+        sentences.append(template.format(P=subject, b=b, friend=friend, obj=obj))
+        filler = rng.choice(FILLERS) if d.forms >= 2 else ""
+        lines.append(f"{filler}{expr} = {result} .")
+        total = result
+    sentences.append(rng.choice(QUESTIONS).format(items=items, name=name))
+    solution = " ".join(lines + [f"#### {total}"])
+    return Problem(question=" ".join(sentences), solution=solution, answer=total)
+
+
+def generate(n: int, seed: int, difficulty: Difficulty = Difficulty(),
+             exclude: frozenset[str] = frozenset()) -> Iterator[Problem]:
+    """Yield ``n`` problems, deterministic in ``seed``; questions in ``exclude`` are skipped."""
+    rng = random.Random(seed)
+    made = 0
+    while made < n:
+        problem = _problem(rng, difficulty)
+        if problem.question in exclude:
+            continue
+        made += 1
+        yield problem
+
+
+def extract_answer(text: str) -> int | None:
+    """The number after the first ``####`` in ``text``, or None."""
+    match = ANSWER_RE.search(text)
+    return int(match.group(1)) if match else None
+
+
+TEST_SEED = 20251123
+TEST_SIZE = 500
+DATA_DIR = Path(__file__).parent / "data"
+TEST_FILE = DATA_DIR / "test.jsonl"
+
+
+def test_problems() -> list[Problem]:
+    """The shipped held-out test split (never trained on): the project's benchmark set."""
+    with TEST_FILE.open() as f:
+        return [Problem(**json.loads(line)) for line in f]
+
+
+def write_test_split(path: Path = TEST_FILE, difficulty: Difficulty = Difficulty()) -> None:
+    """Regenerate the shipped held-out split (its questions are unique)."""
+    seen: set[str] = set()
+    rows = []
+    for problem in generate(10 * TEST_SIZE, TEST_SEED, difficulty):
+        if problem.question not in seen:
+            seen.add(problem.question)
+            rows.append(problem)
+        if len(rows) == TEST_SIZE:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for problem in rows:
+            f.write(json.dumps(problem.to_dict()) + "\n")
+
+
+def make_splits(train_size: int, validation_size: int = 500, seed: int = 0,
+                difficulty: Difficulty = Difficulty()):
+    """``datasets.DatasetDict`` with ``train``, ``validation`` and the shipped ``test``.
+
+    Train and validation never contain a question of the test split (nor of each other).
+    """
+    import datasets
+
+    test = test_problems()
+    exclude = frozenset(p.question for p in test)
+    validation = list(generate(validation_size, seed + 1, difficulty, exclude))
+    exclude = exclude | {p.question for p in validation}
+    train = generate(train_size, seed, difficulty, exclude)
+
+    def table(problems):
+        return datasets.Dataset.from_list([p.to_dict() for p in problems])
+
+    return datasets.DatasetDict(
+        train=table(train), validation=table(validation), test=table(test)
+    )
