@@ -1,0 +1,85 @@
+"""The recipe of the shipped default model: data, architecture, training, saving.
+
+``train_default(output_dir)`` makes a standard transformers checkpoint (safetensors,
+config, tokenizer) of a LLaDA-style model: Llama blocks with bidirectional attention
+(``LlamaConfig(is_causal=False)``), trained with :mod:`dllm_strategies.training.sft` on
+the synthetic task of :mod:`dllm_strategies.arith.task`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import torch
+
+from dllm_strategies.arith import task, tokenizer as arith_tokenizer
+from dllm_strategies.training import sft
+
+
+@attrs.frozen
+class ModelShape:
+    """Size of the Llama blocks."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 512
+
+
+def model_config(tok, shape: ModelShape = ModelShape()):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        is_causal=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids(arith_tokenizer.END_OF_TURN)],
+        bos_token_id=None,
+        mask_token_id=tok.mask_token_id,
+    )
+
+
+def encode(problems, tok) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) per problem: chat prompt, solution + end-of-turn."""
+    prompts = [arith_tokenizer.prompt_text(p["question"], tok) for p in problems]
+    responses = [arith_tokenizer.response_text(p["solution"]) for p in problems]
+    prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tok(responses, add_special_tokens=False)["input_ids"]
+    return list(zip(prompt_ids, response_ids, strict=True))
+
+
+def train_default(output_dir: str | Path, *, train_size: int = 400_000, validation_size: int = 256,
+                  difficulty: task.Difficulty = task.Difficulty(), shape: ModelShape = ModelShape(),
+                  config: sft.TrainConfig = sft.TrainConfig(), evaluate=None, progress: bool = True,
+                  log=None):
+    """Train the default model into ``output_dir`` (resumable; see :func:`sft.train`)."""
+    from transformers import LlamaForCausalLM
+
+    output_dir = Path(output_dir)
+    torch.manual_seed(config.seed)
+    tok = arith_tokenizer.build_tokenizer()
+    splits = task.make_splits(train_size, validation_size, seed=config.seed, difficulty=difficulty)
+    model = LlamaForCausalLM(model_config(tok, shape))
+    records = sft.train(
+        model, encode(splits["train"], tok), encode(splits["validation"], tok),
+        mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, fill_id=tok.eos_token_id,
+        output_dir=output_dir / "work", config=config, evaluate=evaluate, progress=progress, log=log,
+    )
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tok.save_pretrained(output_dir)
+    (output_dir / "training.json").write_text(json.dumps({
+        "difficulty": attrs.asdict(difficulty), "shape": attrs.asdict(shape),
+        "config": attrs.asdict(config), "train_size": train_size, "records": records,
+    }, indent=1))
+    return model, tok, records

@@ -1,0 +1,217 @@
+"""Masked-diffusion supervised fine-tuning, as LLaDA describes it.
+
+For each (prompt, response) pair the prompt stays clean; the response (closed by
+end-of-turn, then padded with end-of-text to the generation length, so the model learns
+to fill the tail with end-of-text) has each token masked with probability
+``p = (1 - eps) * t + eps``, ``t ~ U(0, 1)`` per sample.  The loss is the cross-entropy on
+masked positions weighted by ``1 / p``, summed and divided by the response length, averaged
+over the batch.
+
+The layout matches decoding: prompts are left-padded (attention mask, position ids from
+the first real token) so the response region is the last ``gen_length`` columns.
+
+Every random draw of step ``s`` comes from a generator seeded by ``(seed, s)``, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-3
+CHECKPOINT = "checkpoint.pt"
+
+
+@attrs.frozen
+class Batch:
+    """A padded training batch: ``input_ids`` (B, P+L) clean, ``attention_mask``,
+    ``position_ids``, ``gen_length`` L (the response region is the last L columns)."""
+
+    input_ids: torch.Tensor = attrs.field(eq=False)
+    attention_mask: torch.Tensor = attrs.field(eq=False)
+    position_ids: torch.Tensor = attrs.field(eq=False)
+    gen_length: int
+
+
+def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+            gen_length: int, pad_id: int, fill_id: int) -> Batch:
+    """Left-pad prompts with ``pad_id``; pad responses to ``gen_length`` with ``fill_id``.
+
+    A response longer than ``gen_length`` is an error (never silently truncated).
+    """
+    width = max(len(p) for p in prompts)
+    rows, masks = [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        if len(response) > gen_length:
+            raise ValueError(
+                f"response of {len(response)} tokens does not fit gen_length={gen_length}; "
+                "raise the generation length"
+            )
+        pad = width - len(prompt)
+        rows.append([pad_id] * pad + list(prompt) + list(response) + [fill_id] * (gen_length - len(response)))
+        masks.append([0] * pad + [1] * (len(prompt) + gen_length))
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    attention_mask = torch.tensor(masks, dtype=torch.long)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids, attention_mask, position_ids, gen_length)
+
+
+def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Generator) -> torch.Tensor:
+    """LLaDA's SFT loss on one batch (see the module docstring)."""
+    ids, L = batch.input_ids, batch.gen_length
+    B = ids.shape[0]
+    t = torch.rand(B, 1, generator=generator, device=ids.device)
+    p = (1 - EPS) * t + EPS
+    masked = torch.rand(B, L, generator=generator, device=ids.device) < p
+    noisy = ids.clone()
+    noisy[:, -L:] = torch.where(masked, torch.full_like(ids[:, -L:], mask_id), ids[:, -L:])
+    logits = model(
+        input_ids=noisy, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+        logits_to_keep=L,
+    ).logits
+    ce = F.cross_entropy(logits.float().transpose(1, 2), ids[:, -L:], reduction="none")
+    return ((ce / p) * masked).sum() / (L * B)
+
+
+@attrs.frozen
+class TrainConfig:
+    """Optimisation settings of :func:`train`.
+
+    Attributes:
+        steps: optimiser steps in the whole run (the cosine schedule spans them).
+        batch_size: samples per step.
+        lr: peak learning rate (AdamW), reached after ``warmup`` steps, cosine to 10%.
+        gen_lengths / gen_length_weights: each batch pads its responses to one of these
+            lengths, drawn with these weights (long tails teach long end-of-text fills).
+        eval_every / save_every: validation and checkpoint periods, in steps.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1.5e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    gen_lengths: tuple[int, ...] = (64, 256)
+    gen_length_weights: tuple[float, ...] = (0.85, 0.15)
+    eval_every: int = 200
+    save_every: int = 50
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+          validation_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+          *, mask_id: int, pad_id: int, fill_id: int, output_dir: str | Path,
+          config: TrainConfig = TrainConfig(),
+          evaluate: Callable[[object, int], dict] | None = None,
+          progress: bool = True, log: Callable[[dict], None] | None = None):
+    """Train ``model`` in place with the masked-diffusion SFT loss; resumes from
+    ``output_dir/checkpoint.pt`` when present.  Returns the list of logged records.
+
+    ``evaluate(model, step)`` (optional) adds metrics, e.g. decode accuracy, to each
+    validation record.
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = output_dir / CHECKPOINT
+    saved = torch.load(checkpoint, weights_only=False) if checkpoint.exists() else None
+    if saved is not None and saved["config"] != attrs.asdict(config):
+        raise ValueError(
+            f"{checkpoint} was written with another training config; "
+            "use a new output directory or the same options"
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
+    )
+    start, records = 0, []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, records = saved["step"], saved["records"]
+
+    def record(entry: dict) -> None:
+        records.append(entry)
+        if log is not None:
+            log(entry)
+
+    weights = torch.tensor(config.gen_length_weights, dtype=torch.float)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    started = time.monotonic()
+    model.train()
+    for step in range(start, config.steps):
+        generator = _step_generator(config.seed, step)
+        picks = torch.randint(len(train_pairs), (config.batch_size,), generator=generator).tolist()
+        gen_length = config.gen_lengths[int(torch.multinomial(weights, 1, generator=generator))]
+        batch = collate([train_pairs[i][0] for i in picks], [train_pairs[i][1] for i in picks],
+                        gen_length, pad_id, fill_id)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+        loss = masked_diffusion_loss(model, batch, mask_id, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", L=gen_length)
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            entry = {"step": done, "train_loss": loss.item(),
+                     "validation_loss": validation_loss(model, validation_pairs, mask_id, pad_id, fill_id,
+                                                        config.gen_lengths[0], config.seed),
+                     "seconds": time.monotonic() - started}
+            if evaluate is not None:
+                model.eval()
+                entry.update(evaluate(model, done))
+                model.train()
+            record(entry)
+        if done % config.save_every == 0 or done == config.steps:
+            _save_checkpoint(checkpoint, model, optimizer, done, records, config)
+    bar.close()
+    model.eval()
+    return records
+
+
+@torch.no_grad()
+def validation_loss(model, pairs, mask_id: int, pad_id: int, fill_id: int, gen_length: int,
+                    seed: int, batch_size: int = 128) -> float:
+    """The SFT loss over ``pairs`` with fixed masks (same every call: comparable over time)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch = collate([p for p, _ in chunk], [r for _, r in chunk], gen_length, pad_id, fill_id)
+        generator = _step_generator(seed + 7, start)
+        total += masked_diffusion_loss(model, batch, mask_id, generator).item() * len(chunk)
+        count += len(chunk)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, records: list, config: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "records": records, "config": attrs.asdict(config)}, tmp)
+    os.replace(tmp, path)
+    (path.parent / "log.json").write_text(json.dumps(records, indent=1))
