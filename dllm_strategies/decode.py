@@ -1,0 +1,375 @@
+"""The decode loop: one loop for every strategy.
+
+``decode(model, prompts, strategy="threshold(tau=0.9)+eot", gen_length=256, block_length=32)``
+builds the run's own plugin manager, then repeats, on the rows still live::
+
+    plan -> forward -> sample -> score -> remask -> commit -> truncate -> stop -> observe
+
+The core, not the plugins, enforces the decoder's promises: the prompt is never written;
+only masked positions are committed; every live row commits at least one token per step;
+only a revocable plugin un-commits, and only inside the current window; a live length never
+grows; a finished row never changes; every model call is counted.  A hook that raises is
+reported as :class:`~dllm_strategies.errors.PluginError` naming the plugin and the hook,
+and nothing partial is returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from dllm_strategies import ops
+from dllm_strategies.errors import ConfigError, ModelOutputError, PluginError, StepLimitError
+from dllm_strategies.registry import Strategy, build_strategy
+from dllm_strategies.state import Commit, DecodeConfig, DecodeResult, DecodeState, Logits, Plan, Proposal
+
+
+class MeteredModel:
+    """The model as plugins see it: every ``logits`` call is counted and checked."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.calls = 0
+        self._positions: torch.Tensor | int = 0
+
+    @property
+    def positions(self) -> int:
+        return int(self._positions)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        out = self.model.logits(input_ids, attention_mask=attention_mask, **kwargs)
+        self.calls += 1
+        if attention_mask is not None and attention_mask.dim() == 2:
+            self._positions = self._positions + attention_mask.sum()
+        else:
+            self._positions = self._positions + input_ids.numel()
+        if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[0] != input_ids.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelOutputError(
+                f"model {_model_name(self.model)} returned logits of shape {shape} for input "
+                f"{tuple(input_ids.shape)}; expected (batch, positions, vocab)"
+            )
+        if out.shape[-1] != self.model.vocab_size:
+            raise ModelOutputError(
+                f"model {_model_name(self.model)} returned logits over {out.shape[-1]} tokens but its "
+                f"vocab_size is {self.model.vocab_size}; check the checkpoint's config and head"
+            )
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def _model_name(model: Any) -> str:
+    return repr(getattr(model, "name", "") or type(model).__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------
+def encode_prompts(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.Tensor,
+                   *, chat: bool = False, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, P) ids and attention mask from texts or id lists."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2:
+            raise ConfigError(f"prompt tensor must be (batch, length), got shape {tuple(prompts.shape)}")
+        prompts = prompts.tolist()
+    if isinstance(prompts, (str, bytes)) or len(prompts) == 0:
+        raise ConfigError("prompts must be a non-empty list (of strings or of token id lists)")
+    rows: list[list[int]] = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ConfigError(f"prompt {i} is empty; give every row some text")
+            tokenizer = getattr(model, "tokenizer", None)
+            if tokenizer is None:
+                raise ConfigError("text prompts need a model with a tokenizer; pass token ids instead")
+            if chat:
+                if not getattr(tokenizer, "chat_template", None):
+                    raise ConfigError(f"model {_model_name(model)} has no chat template; decode without chat=True")
+                prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                       add_generation_prompt=True)
+            ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ConfigError(f"prompt {i} has no tokens; give every row at least one token")
+        if model.mask_id in ids:
+            raise ConfigError(f"prompt {i} contains the mask token (id {model.mask_id}); prompts must be clean")
+        rows.append(ids)
+    width = max(map(len, rows))
+    pad = pad_id if pad_id is not None else model.fill_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.Tensor, *,
+           strategy: str | Strategy | Sequence[Any] | None = None, gen_length: int = 64,
+           block_length: int | None = None, steps: int | None = None, seed: int = 0,
+           chat: bool = False, reference: torch.Tensor | None = None, trace: bool = False,
+           max_steps: int | None = None, extras: dict[str, Any] | None = None,
+           prompt_mask: torch.Tensor | None = None) -> DecodeResult:
+    """Decode a batch of prompts with a strategy.
+
+    Args:
+        model: a :class:`~dllm_strategies.models.DiffusionModel` (or any object with its shape).
+        prompts: texts, token id lists, or a (B, P) tensor (with ``prompt_mask`` for padding).
+        strategy: a spec such as ``"threshold(tau=0.9)+eot"``, a list of ``(name, options)``, a
+            :class:`Strategy`, or None for the core defaults (LLaDA low-confidence).
+        gen_length / block_length / steps: as in LLaDA (block_length defaults to gen_length,
+            steps to gen_length: one token per step).
+        seed: seed of every random choice.
+        chat: wrap text prompts in the tokenizer's chat template.
+        reference: (B, gen_length) reference response for oracle plugins.
+        trace: keep the response after every step (``DecodeResult.trace``).
+    """
+    if not isinstance(strategy, Strategy):
+        strategy = build_strategy(strategy)
+    if prompt_mask is not None and isinstance(prompts, torch.Tensor):
+        ids, mask = prompts.long(), prompt_mask.bool()
+        if not bool(mask.any(-1).all()):
+            raise ConfigError("a prompt row is all padding; give every row at least one token")
+    else:
+        ids, mask = encode_prompts(model, prompts, chat=chat)
+    config = DecodeConfig(
+        gen_length=gen_length, block_length=block_length or gen_length, steps=steps,
+        mask_id=model.mask_id, fill_id=model.fill_id, eot_ids=tuple(model.eot_ids), seed=seed,
+        max_steps=max_steps, trace=trace,
+    )
+    limit = getattr(model, "max_positions", None)
+    if limit is not None and ids.shape[1] + gen_length > limit:
+        raise ConfigError(
+            f"prompt ({ids.shape[1]} tokens) + gen_length ({gen_length}) = {ids.shape[1] + gen_length} exceeds "
+            f"the model's {limit} positions; shorten the prompt or the generation"
+        )
+    device = model.device
+    if reference is not None:
+        reference = reference.to(device)
+    state = DecodeState.start(ids.to(device), mask.to(device), config, reference=reference, extras=extras)
+    return run(strategy, model, state)
+
+
+def run(strategy: Strategy, model: Any, state: DecodeState) -> DecodeResult:
+    """Run the loop from ``state`` to the end (see :func:`decode`)."""
+    metered = MeteredModel(model)
+    config = state.config
+    started = time.perf_counter()
+    strategy.call("dllm_start", state=state, model=metered)
+    frames = [] if config.trace else None
+    forced = torch.zeros(state.batch_size, dtype=torch.long, device=state.device)
+    while True:
+        live = (~state.finished).nonzero().squeeze(1)
+        if live.numel() == 0:
+            break
+        if state.step >= config.max_steps:
+            raise StepLimitError(
+                f"decoding reached max_steps={config.max_steps} with masked positions left in rows "
+                f"{live.tolist()}; plugin {strategy.owners['dllm_remask']!r} keeps re-masking "
+                "(raise max_steps or make it revoke less)"
+            )
+        whole = live.numel() == state.batch_size
+        part = state if whole else state.take(live)
+        part, forced_now = _step(strategy, metered, part)
+        forced[live] += forced_now
+        state = part if whole else state.put(live, part)
+        if frames is not None:
+            frames.append(state.response.clone())
+    tokens = state.response
+    return DecodeResult(
+        tokens=tokens, text=_texts(model, tokens, config), steps=state.taken, nfe=state.nfe,
+        forwards=metered.calls, positions=metered.positions, commit_step=state.commit_step, forced=forced,
+        wall_time=time.perf_counter() - started,
+        trace=torch.stack(frames) if frames else None,
+    )
+
+
+def _step(strategy: Strategy, model: MeteredModel, state: DecodeState) -> tuple[DecodeState, torch.Tensor]:
+    config = state.config
+    G = config.gen_length
+    plan = strategy.call("dllm_schedule", state=state)
+    _check_plan(strategy, plan, state)
+    calls = model.calls
+    logits = strategy.call("dllm_forward", model=model, state=state, plan=plan)
+    _check_logits(strategy, logits, state)
+    tokens = strategy.call("dllm_sample", state=state, logits=logits, plan=plan)
+    confidence = ops.confidence(logits.values, tokens)
+    scores = strategy.call("dllm_score", state=state, logits=logits, tokens=tokens, confidence=confidence, plan=plan)
+    masked = state.masked
+    span = logits.span(G, state.device)[None, :]
+    _check_finite(model, confidence, masked[:, logits.start:logits.stop], state)
+    proposal = Proposal(
+        tokens=logits.widen(tokens, config.mask_id, G),
+        confidence=logits.widen(confidence, 0.0, G),
+        scores=logits.widen(scores.to(confidence.dtype), float("-inf"), G).masked_fill(~(masked & span), float("-inf")),
+        logits=logits,
+    )
+    commit = _as_commit(strategy.call("dllm_remask", state=state, proposal=proposal, plan=plan))
+    state, commit, forced = _apply(strategy, state, plan, proposal, commit)
+    state = attrs.evolve(state, nfe=state.nfe + (model.calls - calls), taken=state.taken + 1,
+                         window_steps=torch.where(plan.window_start == state.window_start, state.window_steps + 1, 1),
+                         window_start=plan.window_start)
+    state = _truncate(strategy, state, proposal)
+    state, commit = _stop(strategy, state, proposal, commit)
+    state = attrs.evolve(state, step=state.step + 1)
+    strategy.call("dllm_after_step", state=state, proposal=proposal, commit=commit)
+    return state, forced
+
+
+# ------------------------------------------------------------------------------------------
+# Enforcement
+# ------------------------------------------------------------------------------------------
+def _fail(strategy: Strategy, hook: str, message: str) -> PluginError:
+    owner = strategy.owners.get(hook, "core")
+    return PluginError(f"plugin {owner!r} broke the {hook} contract: {message}", plugin=owner, hook=hook)
+
+
+def _check_plan(strategy: Strategy, plan: Any, state: DecodeState) -> None:
+    B, G = state.batch_size, state.config.gen_length
+    if not isinstance(plan, Plan):
+        raise _fail(strategy, "dllm_schedule", f"returned {type(plan).__name__}, expected a Plan")
+    for name in ("window_start", "window_end", "budget"):
+        value = getattr(plan, name)
+        if not isinstance(value, torch.Tensor) or value.shape != (B,):
+            raise _fail(strategy, "dllm_schedule", f"Plan.{name} must be a ({B},) tensor")
+    if bool((plan.budget < 1).any()) or bool((plan.window_start < 0).any()) or \
+            bool((plan.window_end > G).any()) or bool((plan.window_end <= plan.window_start).any()):
+        raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1")
+
+
+def _check_logits(strategy: Strategy, logits: Any, state: DecodeState) -> None:
+    if not isinstance(logits, Logits):
+        raise _fail(strategy, "dllm_forward", f"returned {type(logits).__name__}, expected Logits")
+    values = logits.values
+    if values.dim() != 3 or values.shape[0] != state.batch_size or logits.start < 0 or \
+            logits.stop > state.config.gen_length:
+        raise _fail(strategy, "dllm_forward",
+                    f"Logits of shape {tuple(values.shape)} at start {logits.start} do not fit "
+                    f"{state.batch_size} rows x {state.config.gen_length} response positions")
+
+
+def _check_finite(model: Any, confidence: torch.Tensor, masked: torch.Tensor, state: DecodeState) -> None:
+    bad = ~torch.isfinite(confidence) & masked
+    if bool(bad.any()):
+        row, col = bad.nonzero()[0].tolist()
+        raise ModelOutputError(
+            f"model {_model_name(model.model)} returned NaN or inf logits at step {state.step} "
+            f"(row {int(state.rows[row])}, response position {col}); check its weights and dtype "
+            "(float16 overflows; try bfloat16 or float32)"
+        )
+
+
+def _as_commit(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return Commit(mask=value)
+    return value
+
+
+def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposal,
+           commit: Any) -> tuple[DecodeState, Commit, torch.Tensor]:
+    config = state.config
+    B, G = state.batch_size, config.gen_length
+    if not isinstance(commit, Commit) or commit.mask.shape != (B, G) or commit.mask.dtype != torch.bool:
+        raise _fail(strategy, "dllm_remask", f"must return a Commit or a ({B}, {G}) bool mask")
+    masked = state.masked
+    chosen = commit.mask
+    wrong = chosen & ~masked
+    if bool(wrong.any()):
+        row, col = wrong.nonzero()[0].tolist()
+        raise _fail(strategy, "dllm_remask",
+                    f"committed response position {col} of row {int(state.rows[row])}, which is not masked; "
+                    "commit only masked positions (e.g. & plan.window(state))")
+    # Progress: a row that committed nothing gets its best-scored window position.
+    empty = ~chosen.any(1)
+    forced = torch.zeros(B, dtype=torch.long, device=state.device)
+    if bool(empty.any()):
+        window = plan.window(state)
+        reachable = proposal.scores > float("-inf")
+        pick = ops.best_mask(proposal.scores, window & reachable)
+        fallback = ops.best_mask(proposal.scores, masked & reachable)
+        pick = torch.where(pick.any(1, keepdim=True), pick, fallback) & empty[:, None]
+        if bool((empty & ~pick.any(1)).any()):
+            raise _fail(strategy, "dllm_forward", "its logits reach no masked position of a live row")
+        chosen = chosen | pick
+        forced = pick.sum(1)
+    values = commit.tokens if commit.tokens is not None else proposal.tokens
+    if values.shape != (B, G):
+        raise _fail(strategy, "dllm_remask", f"Commit.tokens must be ({B}, {G})")
+    if bool((chosen & (values == config.mask_id)).any()):
+        hook = "dllm_remask" if commit.tokens is not None else "dllm_sample"
+        raise _fail(strategy, hook, "the mask token (or no prediction) was committed at a masked position; "
+                                    "commit only positions the logits cover, with real tokens")
+    response = torch.where(chosen, values, state.response)
+    commit_step = torch.where(chosen, state.step, state.commit_step)
+    revoke = commit.revoke
+    if revoke is not None and bool(revoke.any()):
+        owner = strategy.owner("dllm_remask")
+        if not getattr(owner, "revocable", False):
+            raise _fail(strategy, "dllm_remask", "returned Commit.revoke but is not revocable "
+                                                 "(set revocable = True on the plugin class)")
+        cols = torch.arange(G, device=state.device)[None, :]
+        inside = (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None]) & state.live
+        if bool((revoke & ~(inside & ~masked)).any()) or bool((revoke & chosen).any()):
+            raise _fail(strategy, "dllm_remask", "may revoke only tokens committed earlier inside the current "
+                                                 "window, never the prompt, an earlier block or this step's commits")
+        response = response.masked_fill(revoke, config.mask_id)
+        commit_step = commit_step.masked_fill(revoke, -1)
+    new = attrs.evolve(state, response=response, commit_step=commit_step)
+    return new, Commit(mask=chosen, tokens=values, revoke=revoke), forced
+
+
+def _truncate(strategy: Strategy, state: DecodeState, proposal: Proposal) -> DecodeState:
+    cuts = [c for c in strategy.call("dllm_truncate", state=state, proposal=proposal) if c is not None]
+    if not cuts:
+        return state
+    config = state.config
+    live = state.live_length
+    for cut in cuts:
+        live = torch.minimum(live, cut.to(live.dtype).clamp(min=0))
+    if bool((live == state.live_length).all()):
+        return state
+    cols = torch.arange(config.gen_length, device=state.device)[None, :]
+    gone = (cols >= live[:, None]) & (cols < state.live_length[:, None])
+    return attrs.evolve(
+        state, live_length=live,
+        response=state.response.masked_fill(gone, config.fill_id),
+        commit_step=state.commit_step.masked_fill(gone, -1),
+    )
+
+
+def _stop(strategy: Strategy, state: DecodeState, proposal: Proposal, commit: Commit) -> tuple[DecodeState, Commit]:
+    stop = ~state.masked.any(1)
+    asked = [s for s in strategy.call("dllm_should_stop", state=state) if s is not None]
+    for s in asked:
+        stop = stop | s.bool()
+    early = stop & state.masked.any(1)
+    if bool(early.any()):
+        # Ending a row early commits its remaining masked positions with this step's candidates.
+        fill = state.masked & early[:, None]
+        if bool((fill & (proposal.tokens == state.config.mask_id)).any()):
+            raise _fail(strategy, "dllm_forward", "a row was stopped early but the step's logits do not reach all "
+                                                  "its masked positions")
+        state = attrs.evolve(state, response=torch.where(fill, proposal.tokens, state.response),
+                             commit_step=torch.where(fill, state.step, state.commit_step))
+        commit = attrs.evolve(commit, mask=commit.mask | fill)
+    return attrs.evolve(state, finished=state.finished | stop), commit
+
+
+def _texts(model: Any, tokens: torch.Tensor, config: DecodeConfig) -> list[str]:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return [""] * tokens.shape[0]
+    rows = tokens.tolist()
+    stops = set(config.eot_ids) | {config.fill_id}
+    cut = []
+    for row in rows:
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        cut.append(row[:end])
+    return tokenizer.batch_decode(cut, skip_special_tokens=True)

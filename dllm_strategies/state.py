@@ -1,0 +1,316 @@
+"""Immutable values the decode loop passes between hooks.
+
+Layout.  A batch of B prompts is left-padded to width P; the response region has
+``gen_length`` G columns, all starting as the mask token.  Strategies only ever see and
+change the response region (B, G): the prompt is a separate tensor nobody can write.
+Column j of every (B, G) tensor is response position j.
+
+Positions at or past a row's ``live_length`` have been cut by end-of-text truncation: they
+hold the fill token (end-of-text), never enter a forward again, and are not masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from dllm_strategies.errors import ConfigError
+
+_tensor = attrs.field(eq=False, repr=False)
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@attrs.frozen
+class DecodeConfig:
+    """Settings of one decode run.
+
+    Attributes:
+        gen_length: response positions to fill (G).
+        block_length: width of a semi-autoregressive block; ``gen_length`` must be a multiple.
+            ``block_length == gen_length`` decodes the whole response as one block.
+        steps: the schedule's step budget over the whole response; a multiple of the number
+            of blocks.  ``steps == gen_length`` is one token per step.
+        mask_id: the mask token.
+        fill_id: token written into positions cut by truncation (end-of-text).
+        eot_ids: end-of-text / end-of-turn ids (text is cut at the first of them).
+        seed: seed of every random choice of the run.
+        max_steps: hard cap on steps; only a revocable plugin can reach it (default 4 x G).
+        trace: record every step's tokens in the result.
+    """
+
+    gen_length: int = 64
+    block_length: int = 32
+    steps: int | None = None
+    mask_id: int = attrs.field(default=-1, kw_only=True)
+    fill_id: int = attrs.field(default=-1, kw_only=True)
+    eot_ids: tuple[int, ...] = attrs.field(default=(), converter=tuple, kw_only=True)
+    seed: int = attrs.field(default=0, kw_only=True)
+    max_steps: int | None = attrs.field(default=None, kw_only=True)
+    trace: bool = attrs.field(default=False, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _positive("gen_length", self.gen_length)
+        _positive("block_length", self.block_length)
+        if self.gen_length % self.block_length:
+            raise ConfigError(
+                f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}; "
+                f"use a block_length that divides it (e.g. {_divisor_near(self.gen_length, self.block_length)})"
+            )
+        if self.steps is None:
+            object.__setattr__(self, "steps", self.gen_length)
+        _positive("steps", self.steps)
+        if self.steps % self.num_blocks:
+            raise ConfigError(
+                f"steps={self.steps} is not divisible by the number of blocks "
+                f"{self.num_blocks} (= gen_length {self.gen_length} / block_length {self.block_length}); "
+                f"use a multiple of {self.num_blocks}, e.g. {self.num_blocks * max(1, round(self.steps / self.num_blocks))}"
+            )
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", 4 * self.gen_length)
+        _positive("max_steps", self.max_steps)
+        if self.mask_id < 0:
+            raise ConfigError("mask_id is missing: the model or tokenizer must define a mask token")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+def _divisor_near(n: int, k: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - k), d))
+
+
+@attrs.frozen
+class DecodeState:
+    """Where one run stands.  Rows are the live rows of this step (``rows`` are their
+    indices in the whole batch, for plugins that keep per-row state of their own).
+
+    Attributes:
+        config: the run's :class:`DecodeConfig`.
+        prompt: (B, P) left-padded prompt ids; never changes.
+        prompt_mask: (B, P) bool, False on left padding.
+        response: (B, G) response ids; ``config.mask_id`` where still masked.
+        live_length: (B,) response positions still in the model's input (cut ones are filled).
+        finished: (B,) bool.
+        step: steps taken so far (0 before the first).
+        nfe: (B,) forward passes each row took part in.
+        taken: (B,) steps each row has taken (a finished row stops counting).
+        window_start / window_steps: (B,) the window (block) start of the last plan and how
+            many consecutive steps used it: the step index inside the current block.
+        commit_step: (B, G) the step at which each position got its current token (-1: not yet).
+        rows: (B,) indices of these rows in the whole batch.
+        reference: (B, G) reference response for oracles, or None.
+        extras: free per-run values the caller passes to plugins (read-only mapping).
+    """
+
+    config: DecodeConfig
+    prompt: torch.Tensor = _tensor
+    prompt_mask: torch.Tensor = _tensor
+    response: torch.Tensor = _tensor
+    live_length: torch.Tensor = _tensor
+    finished: torch.Tensor = _tensor
+    nfe: torch.Tensor = _tensor
+    taken: torch.Tensor = _tensor
+    window_start: torch.Tensor = _tensor
+    window_steps: torch.Tensor = _tensor
+    commit_step: torch.Tensor = _tensor
+    rows: torch.Tensor = _tensor
+    step: int = 0
+    reference: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+    extras: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @classmethod
+    def start(cls, prompt: torch.Tensor, prompt_mask: torch.Tensor, config: DecodeConfig,
+              reference: torch.Tensor | None = None, extras: dict[str, Any] | None = None) -> DecodeState:
+        B, device = prompt.shape[0], prompt.device
+        G = config.gen_length
+        zeros = torch.zeros(B, dtype=torch.long, device=device)
+        if reference is not None and reference.shape != (B, G):
+            raise ConfigError(f"reference must have shape ({B}, {G}) (batch, gen_length), got {tuple(reference.shape)}")
+        return cls(
+            config=config, prompt=prompt, prompt_mask=prompt_mask.bool(),
+            response=torch.full((B, G), config.mask_id, dtype=torch.long, device=device),
+            live_length=torch.full((B,), G, dtype=torch.long, device=device),
+            finished=torch.zeros(B, dtype=torch.bool, device=device),
+            nfe=zeros, taken=zeros, window_start=torch.full((B,), -1, dtype=torch.long, device=device),
+            window_steps=zeros, commit_step=torch.full((B, G), -1, dtype=torch.long, device=device),
+            rows=torch.arange(B, device=device), step=0, reference=reference, extras=dict(extras or {}),
+        )
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.response.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.response.device
+
+    @property
+    def live(self) -> torch.Tensor:
+        """(B, G) bool: positions still in the model's input."""
+        cols = torch.arange(self.config.gen_length, device=self.device)
+        return cols[None, :] < self.live_length[:, None]
+
+    @property
+    def masked(self) -> torch.Tensor:
+        """(B, G) bool: positions still to decide."""
+        return self.response == self.config.mask_id
+
+    def steps_in_window(self, window_start: torch.Tensor) -> torch.Tensor:
+        """(B,) steps already spent in the window starting at ``window_start`` (0 if new)."""
+        return torch.where(window_start == self.window_start, self.window_steps, torch.zeros_like(self.window_steps))
+
+    def sequence(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input: (B, P + G) ids and attention mask (padding and cut positions off)."""
+        return torch.cat([self.prompt, self.response], 1), torch.cat([self.prompt_mask, self.live], 1)
+
+    # ---- row selection -------------------------------------------------------------------
+    def take(self, index: torch.Tensor) -> DecodeState:
+        """The sub-state of rows ``index`` (positions in this state)."""
+        pick = {name: getattr(self, name).index_select(0, index) for name in _ROW_FIELDS}
+        if self.reference is not None:
+            pick["reference"] = self.reference.index_select(0, index)
+        return attrs.evolve(self, **pick)
+
+    def put(self, index: torch.Tensor, part: DecodeState) -> DecodeState:
+        """This state with rows ``index`` replaced by ``part`` (and ``part``'s step)."""
+        merged = {}
+        for name in _ROW_FIELDS:
+            whole = getattr(self, name).clone()
+            whole[index] = getattr(part, name)
+            merged[name] = whole
+        return attrs.evolve(self, step=part.step, **merged)
+
+
+_ROW_FIELDS = ("prompt", "prompt_mask", "response", "live_length", "finished", "nfe", "taken",
+               "window_start", "window_steps", "commit_step", "rows")
+
+
+@attrs.frozen
+class Plan:
+    """What the schedule opens this step.
+
+    Attributes:
+        window_start / window_end: (B,) response columns [start, end) of the open window
+            (the current block).
+        budget: (B,) how many positions the schedule asks to commit (>= 1).
+    """
+
+    window_start: torch.Tensor = _tensor
+    window_end: torch.Tensor = _tensor
+    budget: torch.Tensor = _tensor
+
+    def window(self, state: DecodeState) -> torch.Tensor:
+        """(B, G) bool: masked positions inside the window."""
+        cols = torch.arange(state.config.gen_length, device=state.device)[None, :]
+        inside = (cols >= self.window_start[:, None]) & (cols < self.window_end[:, None])
+        return inside & state.masked
+
+
+@attrs.frozen
+class Logits:
+    """Model output for response columns [start, start + W): ``values`` (B, W, V)."""
+
+    values: torch.Tensor = _tensor
+    start: int = 0
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.values.shape[1]
+
+    def span(self, gen_length: int, device: torch.device) -> torch.Tensor:
+        """(G,) bool: response columns these logits cover."""
+        cols = torch.arange(gen_length, device=device)
+        return (cols >= self.start) & (cols < self.stop)
+
+    def widen(self, values: torch.Tensor, fill: float | int, gen_length: int) -> torch.Tensor:
+        """Place per-position ``values`` (B, W, ...) into a (B, G, ...) tensor filled with ``fill``."""
+        out = values.new_full((values.shape[0], gen_length, *values.shape[2:]), fill)
+        out[:, self.start:self.stop] = values
+        return out
+
+
+@attrs.frozen
+class Proposal:
+    """The step's candidates, over the whole response (B, G).
+
+    Attributes:
+        tokens: candidate token per position (``mask_id`` where the logits do not reach).
+        confidence: softmax probability of the candidate (0 where the logits do not reach).
+        scores: ranking key, higher first (-inf on positions that are not masked or not reached).
+        logits: the :class:`Logits` they came from (for plugins that need whole distributions).
+    """
+
+    tokens: torch.Tensor = _tensor
+    confidence: torch.Tensor = _tensor
+    scores: torch.Tensor = _tensor
+    logits: Logits = _tensor
+
+
+@attrs.frozen
+class Commit:
+    """A remasking decision.
+
+    Attributes:
+        mask: (B, G) bool, masked positions to fill now.
+        tokens: (B, G) values to write, or None for the proposal's tokens.
+        revoke: (B, G) bool, committed positions to mask again (revocable plugins only,
+            inside the current window), or None.
+    """
+
+    mask: torch.Tensor = _tensor
+    tokens: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+    revoke: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class DecodeResult:
+    """What a decode run returns.
+
+    Attributes:
+        tokens: (B, G) response ids (cut positions hold the fill token).
+        text: decoded text per row, cut at the first end-of-text/end-of-turn token.
+        steps: (B,) steps each row took.
+        nfe: (B,) forward passes each row took part in.
+        forwards: model calls in the whole run (a batch forward counts once).
+        positions: token positions the model processed in the whole run (cost of the calls).
+        commit_step: (B, G) the step each position got its final token (-1: filled by a cut).
+        forced: (B,) commits the core had to add because the strategy committed nothing.
+        wall_time: seconds.
+        trace: (S, B, G) response after every step when ``config.trace``, else None.
+    """
+
+    tokens: torch.Tensor = _tensor
+    text: list[str] = attrs.field(factory=list)
+    steps: torch.Tensor = _tensor
+    nfe: torch.Tensor = _tensor
+    forwards: int = 0
+    positions: int = 0
+    commit_step: torch.Tensor = _tensor
+    forced: torch.Tensor = _tensor
+    wall_time: float = 0.0
+    trace: torch.Tensor | None = _tensor
+
+    @property
+    def tokens_per_step(self) -> list[list[int]]:
+        """Per row, how many positions were committed at each of its steps."""
+        out = []
+        for row, steps in zip(self.commit_step.tolist(), self.steps.tolist(), strict=True):
+            counts = [0] * steps
+            for s in row:
+                if 0 <= s < steps:
+                    counts[s] += 1
+            out.append(counts)
+        return out
