@@ -1,0 +1,88 @@
+"""What the core itself registers: the shipped ``default`` model and the ``train`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dllm_strategies.hookspecs import hookimpl
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+
+
+@hookimpl
+def dllm_models(register) -> None:
+    register("default", DEFAULT_MODEL_DIR, strategy=None,
+             description="6-layer d=128 LLaDA-style model trained on the synthetic arithmetic task")
+
+
+@hookimpl
+def dllm_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a LLaDA-style model on the synthetic task (the default model's recipe)",
+        description="Masked-diffusion SFT (LLaDA) of a bidirectional Llama on the synthetic arithmetic task. "
+                    "Resumes from OUTPUT/work/checkpoint.pt when present.")
+    p.add_argument("--output", required=True, help="directory for the checkpoint (resumable)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=400_000)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-problems", type=int, default=128, help="validation problems decoded at each eval")
+    p.add_argument("--gen-lengths", default="64,256", help="response pad lengths drawn per batch")
+    p.add_argument("--gen-length-weights", default="0.85,0.15")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate-size", type=int, default=384)
+    p.add_argument("--max-ops", type=int, default=4)
+    p.add_argument("--max-operand", type=int, default=9)
+    p.add_argument("--forms", type=int, default=2, choices=(0, 1, 2))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from dllm_strategies.arith import task
+    from dllm_strategies.arith.evaluate import accuracy
+    from dllm_strategies.arith.recipe import ModelShape, train_default
+    from dllm_strategies.models.loading import wrap_module
+    from dllm_strategies.training.sft import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    difficulty = task.Difficulty(max_ops=args.max_ops, max_operand=args.max_operand, forms=args.forms)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
+        save_every=args.save_every, gen_lengths=tuple(int(x) for x in args.gen_lengths.split(",")),
+        gen_length_weights=tuple(float(x) for x in args.gen_length_weights.split(",")),
+    )
+    shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads)
+    held_out = list(task.generate(args.eval_problems, seed=args.seed + 99, difficulty=difficulty,
+                                  exclude=frozenset(p.question for p in task.test_problems())))
+    tok_holder = {}
+
+    def evaluate(module, step: int) -> dict:
+        if "tok" not in tok_holder:
+            from dllm_strategies.arith.tokenizer import build_tokenizer
+
+            tok_holder["tok"] = build_tokenizer()
+        model = wrap_module(module, tok_holder["tok"], name=f"step-{step}")
+        out = {}
+        for per_step in (1, 4):
+            out[f"acc@{per_step}"] = accuracy(model, held_out, gen_length=64, block_length=32,
+                                              steps=64 // per_step)["accuracy"]
+        return out
+
+    train_default(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape, config=config,
+                  evaluate=evaluate if args.eval_problems else None, progress=not args.quiet,
+                  log=lambda r: print(json.dumps(r), flush=True))
+    print(f"saved {args.output}")
+    return 0
