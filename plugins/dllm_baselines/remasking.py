@@ -1,0 +1,45 @@
+"""Remasking rules: which masked positions commit this step (hook ``dllm_remask``)."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from dllm_strategies import hookimpl, ops
+from dllm_strategies.registry import Plugin
+
+_unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+
+
+class Threshold(Plugin):
+    """Fast-dLLM's confidence-threshold parallel decoding: in the current block commit every
+    masked position whose confidence exceeds ``tau``, and always at least the best-scored one.
+    (Wu et al., "Fast-dLLM", arXiv 2505.22618.)"""
+
+    @attrs.frozen
+    class Options:
+        tau: float = attrs.field(default=0.9, validator=_unit)
+
+    @hookimpl
+    def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
+        window = plan.window(state)
+        sure = window & (proposal.confidence > self.options.tau)
+        return sure | ops.best_mask(proposal.scores, window)
+
+
+class EntropyThreshold(Plugin):
+    """The entropy threshold dParallel pairs with its distilled models: commit the
+    lowest-entropy masked position of the block, plus every other one with entropy
+    ``H = -sum p log p`` below ``tau`` (0.5; 0.45 for MBPP).
+    (Chen et al., "dParallel", arXiv 2509.26488.)"""
+
+    @attrs.frozen
+    class Options:
+        tau: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
+
+    @hookimpl
+    def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
+        window = plan.window(state)
+        logits = proposal.logits
+        h = logits.widen(ops.entropy(logits.values), float("inf"), state.config.gen_length)
+        return (window & (h < self.options.tau)) | ops.best_mask(-h, window)
