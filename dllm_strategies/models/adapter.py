@@ -84,6 +84,7 @@ class DiffusionModel:
             if keep:
                 out = out[:, -keep:]
         else:
+            kwargs.setdefault("use_cache", False)  # no KV cache unless a forward plugin asks for one
             out = self.module(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids, logits_to_keep=keep, **kwargs).logits
         if shifted:

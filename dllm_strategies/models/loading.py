@@ -108,25 +108,27 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
         raise ModelError(f"{name}: {families.UNSUPPORTED_MODEL_TYPES[model_type]} (model_type {model_type!r}); "
                          f"natively supported: {_native_list()}")
     family = families.family_for_model_type(model_type)
-    tokenizer = _load_tokenizer(directory, trust_remote_code)
     if family is not None and family.native:
         from dllm_strategies.models import native
 
+        tokenizer = native.load_tokenizer(directory, family)
         module = native.load_native(directory, family, config, dtype=torch_dtype, device=device)
-    elif config.get("is_causal") is False:
-        family = families.BIDIRECTIONAL
-        module = _load_transformers(directory, "AutoModelForCausalLM", torch_dtype, device, name)
-    elif any(a.endswith("ForMaskedLM") for a in config.get("architectures") or ()):
-        family = families.MASKED_LM
-        module = _load_transformers(directory, "AutoModelForMaskedLM", torch_dtype, device, name)
-    elif trust_remote_code:
-        family = families.Family(name=f"remote:{model_type}", model_types=(model_type,))
-        module = _load_remote(directory, torch_dtype, device, name)
     else:
-        raise ModelError(
-            f"{name}: model_type {model_type!r} is not a known diffusion LM family; natively supported: "
-            f"{_native_list()}. Pass trust_remote_code=True to run the checkpoint's own code at your own risk."
-        )
+        tokenizer = _load_tokenizer(directory, trust_remote_code)
+        if config.get("is_causal") is False:
+            family = families.BIDIRECTIONAL
+            module = _load_transformers(directory, "AutoModelForCausalLM", torch_dtype, device, name)
+        elif any(a.endswith("ForMaskedLM") for a in config.get("architectures") or ()):
+            family = families.MASKED_LM
+            module = _load_transformers(directory, "AutoModelForMaskedLM", torch_dtype, device, name)
+        elif trust_remote_code:
+            family = families.Family(name=f"remote:{model_type}", model_types=(model_type,))
+            module = _load_remote(directory, torch_dtype, device, name)
+        else:
+            raise ModelError(
+                f"{name}: model_type {model_type!r} is not a known diffusion LM family; natively supported: "
+                f"{_native_list()}. Pass trust_remote_code=True to run the checkpoint's own code at your own risk."
+            )
     module.eval()
     mask = mask_id if mask_id is not None else _special_id(config, tokenizer, "mask_token_id", "mask_token_id",
                                                            family.mask_id)
@@ -135,13 +137,16 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
             f"{name}: no mask token: neither config.json 'mask_token_id' nor the tokenizer defines one; "
             "pass mask_id=... or add a mask token to the tokenizer"
         )
-    eot_ids = family.eot_ids or _eot_ids_from(config, tokenizer)
-    fill = family.fill_id if family.fill_id is not None else (eot_ids[0] if eot_ids else tokenizer.pad_token_id)
-    vocab = int(config.get("vocab_size") or config.get("embedding_size") or len(tokenizer))
+    width = _logits_width(module, int(config.get("embedding_size") or config.get("vocab_size") or len(tokenizer)))
+    # The checkpoint's own ids first; the family table's only as defaults inside the vocabulary.
+    eot_ids = tuple(dict.fromkeys(i for i in (*_eot_ids_from(config, tokenizer), *family.eot_ids) if 0 <= i < width))
+    fill = family.fill_id if family.fill_id in eot_ids else (eot_ids[0] if eot_ids else tokenizer.pad_token_id)
+    if fill is None:
+        raise ModelError(f"{name}: no end-of-text token in config ('eos_token_id') or tokenizer; "
+                         "EoT padding and truncation need one")
     return DiffusionModel(
-        module=module, tokenizer=tokenizer, family=family, mask_id=int(mask), eot_ids=tuple(eot_ids),
-        fill_id=int(fill), vocab_size=_logits_width(module, vocab), max_positions=_max_positions(config),
-        name=name,
+        module=module, tokenizer=tokenizer, family=family, mask_id=int(mask), eot_ids=eot_ids,
+        fill_id=int(fill), vocab_size=width, max_positions=_max_positions(config), name=name,
     )
 
 

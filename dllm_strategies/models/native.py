@@ -34,15 +34,20 @@ express (ALiBi, no RoPE, QK layer norm, biases, LayerNorm, ``scale_logits``, ``i
 block groups, other block types or activations, mixture-of-experts) raise :class:`ModelError`.
 
 Dream (``model_type: "Dream"``): a Qwen2 (q/k/v biases, no other biases) whose tensor names
-already match ``Qwen2ForCausalLM``.  ``rope_scaling`` null or ``{"type": "default"}`` means plain
-RoPE.  Its logits are shifted by one position; :class:`~dllm_strategies.models.adapter.DiffusionModel`
-re-aligns them, this module only builds the network.
+already match ``Qwen2ForCausalLM`` (``attention_bias: false``, written by some conversions of
+bias-free checkpoints to Dream, drops the q/k/v biases). Sliding-window attention
+(``use_sliding_window: true``) is refused: Dream's own code ignores it outside FlashAttention-2.
+``rope_scaling`` null or ``{"type": "default"}`` means plain RoPE. Its logits are shifted by one
+position; :class:`~dllm_strategies.models.adapter.DiffusionModel` re-aligns them, this module
+only builds the network.
 
-Loading is memory-lean: the module is built on the meta device, then every checkpoint tensor
-is read once (single file or sharded with ``model.safetensors.index.json``), cast, moved to
-the target device and assigned in place of its meta parameter; rotary buffers are then
-computed on the target device.  Every checkpoint tensor must be used and every parameter
-filled, else :class:`ModelError` names the keys.
+Loading is memory-lean: the module is built on the meta device, then every checkpoint tensor is
+read once (single file or sharded with ``model.safetensors.index.json``), cast, moved to the
+target device and assigned in place of its meta parameter; rotary buffers are then computed on
+the target device. On CPU, when the checkpoint already has the requested dtype, safetensors
+hands out tensors backed by a private (copy-on-write) memory map of the files: no copy at all,
+pages becoming resident as they are used. Every checkpoint tensor must be used and every
+parameter filled, else :class:`ModelError` names the keys.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ def _moe_keys(config: dict[str, Any]) -> list[str]:
     found = []
     for key, value in config.items():
         lowered = key.lower()
-        if ("expert" in lowered or lowered.startswith("moe")) and value not in (None, False, 0, 1, [], {}):
+        if ("expert" in lowered or re.search(r"(^|_)moe(_|$)", lowered)) and value not in (None, False, 0, 1, [], {}):
             found.append(f"{key}={value!r}")
     return found
 
@@ -476,6 +481,11 @@ def load_native(directory: Path, family: Family, config: dict[str, Any], *, dtyp
     label = f"{family.name} ({directory.name})"
     with torch.device("meta"):
         module = cls(hf_config)
+    if family.native == "qwen2" and config.get("attention_bias") is False:
+        # Dream conversions of bias-free (Llama-style) checkpoints say so with attention_bias: false.
+        for layer in module.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias = None
     _load_weights(module, directory, rename, source_name, dtype=dtype, device=device,
                   tied=bool(hf_config.tie_word_embeddings), label=label)
     _reset_rotary(module, device)
