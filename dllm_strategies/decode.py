@@ -202,23 +202,20 @@ def _step(strategy: Strategy, model: MeteredModel, state: DecodeState) -> tuple[
     tokens = strategy.call("dllm_sample", state=state, logits=logits, plan=plan)
     confidence = ops.confidence(logits.values, tokens)
     scores = strategy.call("dllm_score", state=state, logits=logits, tokens=tokens, confidence=confidence, plan=plan)
-    masked = state.masked
-    span = logits.span(G, state.device)[None, :]
-    _check_finite(model, confidence, masked[:, logits.start:logits.stop], state)
+    _check_finite(model, confidence, state)
+    candidates = state.masked
+    if logits.start > 0 or logits.stop < G:
+        candidates = candidates & logits.span(G, state.device)[None, :]
     proposal = Proposal(
         tokens=logits.widen(tokens, config.mask_id, G),
         confidence=logits.widen(confidence, 0.0, G),
-        scores=logits.widen(scores.to(confidence.dtype), float("-inf"), G).masked_fill(~(masked & span), float("-inf")),
+        scores=logits.widen(scores.to(confidence.dtype), float("-inf"), G).masked_fill(~candidates, float("-inf")),
         logits=logits,
     )
     commit = _as_commit(strategy.call("dllm_remask", state=state, proposal=proposal, plan=plan))
-    state, commit, forced = _apply(strategy, state, plan, proposal, commit)
-    state = attrs.evolve(state, nfe=state.nfe + (model.calls - calls), taken=state.taken + 1,
-                         window_steps=torch.where(plan.window_start == state.window_start, state.window_steps + 1, 1),
-                         window_start=plan.window_start)
+    state, commit, forced = _apply(strategy, state, plan, proposal, commit, forwards=model.calls - calls)
     state = _truncate(strategy, state, proposal)
     state, commit = _stop(strategy, state, proposal, commit)
-    state = attrs.evolve(state, step=state.step + 1)
     strategy.call("dllm_after_step", state=state, proposal=proposal, commit=commit)
     return state, forced
 
@@ -239,8 +236,8 @@ def _check_plan(strategy: Strategy, plan: Any, state: DecodeState) -> None:
         value = getattr(plan, name)
         if not isinstance(value, torch.Tensor) or value.shape != (B,):
             raise _fail(strategy, "dllm_schedule", f"Plan.{name} must be a ({B},) tensor")
-    if bool((plan.budget < 1).any()) or bool((plan.window_start < 0).any()) or \
-            bool((plan.window_end > G).any()) or bool((plan.window_end <= plan.window_start).any()):
+    bad = (plan.budget < 1) | (plan.window_start < 0) | (plan.window_end > G) | (plan.window_end <= plan.window_start)
+    if bool(bad.any()):
         raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1")
 
 
@@ -255,13 +252,12 @@ def _check_logits(strategy: Strategy, logits: Any, state: DecodeState) -> None:
                     f"{state.batch_size} rows x {state.config.gen_length} response positions")
 
 
-def _check_finite(model: Any, confidence: torch.Tensor, masked: torch.Tensor, state: DecodeState) -> None:
-    bad = ~torch.isfinite(confidence) & masked
-    if bool(bad.any()):
-        row, col = bad.nonzero()[0].tolist()
+def _check_finite(model: Any, confidence: torch.Tensor, state: DecodeState) -> None:
+    if not bool(torch.isfinite(confidence).all()):
+        row, col = (~torch.isfinite(confidence)).nonzero()[0].tolist()
         raise ModelOutputError(
             f"model {_model_name(model.model)} returned NaN or inf logits at step {state.step} "
-            f"(row {int(state.rows[row])}, response position {col}); check its weights and dtype "
+            f"(row {int(state.rows[row])}, logits column {col}); check its weights and dtype "
             "(float16 overflows; try bfloat16 or float32)"
         )
 
@@ -273,7 +269,7 @@ def _as_commit(value: Any) -> Any:
 
 
 def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposal,
-           commit: Any) -> tuple[DecodeState, Commit, torch.Tensor]:
+           commit: Any, forwards: int) -> tuple[DecodeState, Commit, torch.Tensor]:
     config = state.config
     B, G = state.batch_size, config.gen_length
     if not isinstance(commit, Commit) or commit.mask.shape != (B, G) or commit.mask.dtype != torch.bool:
@@ -314,14 +310,18 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
         if not getattr(owner, "revocable", False):
             raise _fail(strategy, "dllm_remask", "returned Commit.revoke but is not revocable "
                                                  "(set revocable = True on the plugin class)")
-        cols = torch.arange(G, device=state.device)[None, :]
+        cols = state.columns[None, :]
         inside = (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None]) & state.live
         if bool((revoke & ~(inside & ~masked)).any()) or bool((revoke & chosen).any()):
             raise _fail(strategy, "dllm_remask", "may revoke only tokens committed earlier inside the current "
                                                  "window, never the prompt, an earlier block or this step's commits")
         response = response.masked_fill(revoke, config.mask_id)
         commit_step = commit_step.masked_fill(revoke, -1)
-    new = attrs.evolve(state, response=response, commit_step=commit_step)
+    same_window = plan.window_start == state.window_start
+    new = attrs.evolve(
+        state, response=response, commit_step=commit_step, nfe=state.nfe + forwards, taken=state.taken + 1,
+        window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
+    )
     return new, Commit(mask=chosen, tokens=values, revoke=revoke), forced
 
 
@@ -335,7 +335,7 @@ def _truncate(strategy: Strategy, state: DecodeState, proposal: Proposal) -> Dec
         live = torch.minimum(live, cut.to(live.dtype).clamp(min=0))
     if bool((live == state.live_length).all()):
         return state
-    cols = torch.arange(config.gen_length, device=state.device)[None, :]
+    cols = state.columns[None, :]
     gone = (cols >= live[:, None]) & (cols < state.live_length[:, None])
     return attrs.evolve(
         state, live_length=live,
@@ -359,7 +359,7 @@ def _stop(strategy: Strategy, state: DecodeState, proposal: Proposal, commit: Co
         state = attrs.evolve(state, response=torch.where(fill, proposal.tokens, state.response),
                              commit_step=torch.where(fill, state.step, state.commit_step))
         commit = attrs.evolve(commit, mask=commit.mask | fill)
-    return attrs.evolve(state, finished=state.finished | stop), commit
+    return attrs.evolve(state, finished=state.finished | stop, step=state.step + 1), commit
 
 
 def _texts(model: Any, tokens: torch.Tensor, config: DecodeConfig) -> list[str]:

@@ -11,6 +11,7 @@ hold the fill token (end-of-text), never enter a forward again, and are not mask
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import attrs
@@ -157,13 +158,17 @@ class DecodeState:
     def device(self) -> torch.device:
         return self.response.device
 
-    @property
+    @cached_property
+    def columns(self) -> torch.Tensor:
+        """(G,) response column indices 0..G-1."""
+        return torch.arange(self.config.gen_length, device=self.device)
+
+    @cached_property
     def live(self) -> torch.Tensor:
         """(B, G) bool: positions still in the model's input."""
-        cols = torch.arange(self.config.gen_length, device=self.device)
-        return cols[None, :] < self.live_length[:, None]
+        return self.columns[None, :] < self.live_length[:, None]
 
-    @property
+    @cached_property
     def masked(self) -> torch.Tensor:
         """(B, G) bool: positions still to decide."""
         return self.response == self.config.mask_id
@@ -214,7 +219,7 @@ class Plan:
 
     def window(self, state: DecodeState) -> torch.Tensor:
         """(B, G) bool: masked positions inside the window."""
-        cols = torch.arange(state.config.gen_length, device=state.device)[None, :]
+        cols = state.columns[None, :]
         inside = (cols >= self.window_start[:, None]) & (cols < self.window_end[:, None])
         return inside & state.masked
 
@@ -236,7 +241,10 @@ class Logits:
         return (cols >= self.start) & (cols < self.stop)
 
     def widen(self, values: torch.Tensor, fill: float | int, gen_length: int) -> torch.Tensor:
-        """Place per-position ``values`` (B, W, ...) into a (B, G, ...) tensor filled with ``fill``."""
+        """Place per-position ``values`` (B, W, ...) into a (B, G, ...) tensor filled with ``fill``
+        (``values`` itself when the logits already span the whole response)."""
+        if self.start == 0 and values.shape[1] == gen_length:
+            return values
         out = values.new_full((values.shape[0], gen_length, *values.shape[2:]), fill)
         out[:, self.start:self.stop] = values
         return out

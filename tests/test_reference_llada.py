@@ -1,6 +1,6 @@
 """The default composition is LLaDA's published low-confidence semi-autoregressive decoding.
 
-The reference below is written from the paper's algorithm (and its public ``generate``), as
+The reference (``dllm_strategies.testing.reference``, shared with the overhead benchmark) is written from the paper's algorithm (and its public ``generate``), as
 plainly as possible: nested Python loops over blocks, steps and rows; LLaDA's own transfer
 schedule; a float64 softmax.  One deliberate rule shared with the core: the mask token is
 never a candidate (LLaDA's trained models never predict it; a random model could).
@@ -13,48 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dllm_strategies import decode
-
-
-def llada_transfer_schedule(masked_in_block: torch.Tensor, steps: int) -> torch.Tensor:
-    """(B, steps): ``masked // steps`` per step, one more on the first ``masked % steps`` steps."""
-    base = masked_in_block // steps
-    remainder = masked_in_block % steps
-    schedule = base[:, None].repeat(1, steps)
-    for row in range(schedule.shape[0]):
-        schedule[row, : int(remainder[row])] += 1
-    return schedule
-
-
-@torch.no_grad()
-def llada_reference(module, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int,
-                    mask_id: int) -> torch.Tensor:
-    B, P = prompt.shape
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
-    x[:, :P] = prompt
-    num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
-    for block in range(num_blocks):
-        lo, hi = P + block * block_length, P + (block + 1) * block_length
-        schedule = llada_transfer_schedule((x[:, lo:hi] == mask_id).sum(1), steps_per_block)
-        for i in range(steps_per_block):
-            mask_index = x == mask_id
-            logits = module(input_ids=x).logits
-            candidates = logits.clone()
-            candidates[..., mask_id] = float("-inf")
-            x0 = candidates.argmax(-1)
-            p = torch.softmax(logits.to(torch.float64), dim=-1)
-            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
-            x0_p[:, hi:] = float("-inf")
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, torch.tensor(float("-inf"), dtype=torch.float64))
-            transfer = torch.zeros_like(x, dtype=torch.bool)
-            for row in range(B):
-                k = int(schedule[row, i])
-                if k:
-                    _, index = torch.topk(confidence[row], k=k)
-                    transfer[row, index] = True
-            x[transfer] = x0[transfer]
-    return x[:, P:]
+from dllm_strategies.testing.reference import llada_reference, llada_transfer_schedule
 
 
 @st.composite
