@@ -5,6 +5,8 @@ import torch
 
 # Only this project's own plugins load in the suite, whatever else is installed.
 os.environ.setdefault("DLLM_STRATEGIES_PLUGINS", "dllm-strategies")
+# Nothing is ever downloaded in the suite.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

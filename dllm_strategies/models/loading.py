@@ -47,6 +47,11 @@ def _local_dir(path_or_id: str) -> Path:
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
+    if path.is_absolute() or path_or_id.startswith((".", "~")) or path_or_id.count("/") != 1:
+        raise ModelError(
+            f"cannot find model {path_or_id!r}: no such directory, and it is neither a registered name "
+            f"({', '.join(sorted(_registered_models())) or 'none'}) nor a hub id of the form 'org/name'"
+        )
     try:
         from huggingface_hub import snapshot_download
 
