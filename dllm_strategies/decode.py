@@ -157,42 +157,90 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
     return run(strategy, model, state)
 
 
-def run(strategy: Strategy, model: Any, state: DecodeState) -> DecodeResult:
-    """Run the loop from ``state`` to the end (see :func:`decode`)."""
-    metered = MeteredModel(model)
-    config = state.config
-    started = time.perf_counter()
-    strategy.call("dllm_start", state=state, model=metered)
-    frames = [] if config.trace else None
-    forced = torch.zeros(state.batch_size, dtype=torch.long, device=state.device)
-    while True:
+@attrs.frozen
+class StepRecord:
+    """What one step did, on its live rows (``rows``: their indices in the batch).
+
+    Attributes:
+        before / after: the live rows' state before and after the step.
+        plan, proposal, commit: the step's plan, candidates and applied commit.
+        forced: (B_live,) commits the core added because the strategy committed none.
+    """
+
+    rows: torch.Tensor = attrs.field(eq=False)
+    before: DecodeState = attrs.field(eq=False)
+    after: DecodeState = attrs.field(eq=False)
+    plan: Plan = attrs.field(eq=False)
+    proposal: Proposal = attrs.field(eq=False)
+    commit: Commit = attrs.field(eq=False)
+    forced: torch.Tensor = attrs.field(eq=False)
+
+
+@attrs.define
+class Run:
+    """One decode run, advanced a step at a time: ``while not run.done: run.step()``,
+    then ``run.result()``.  :func:`decode` does exactly that; the invariant kit
+    (``dllm_strategies.testing``) checks each :class:`StepRecord` in between."""
+
+    strategy: Strategy
+    model: Any
+    state: DecodeState
+    metered: MeteredModel
+    forced: torch.Tensor
+    frames: list[torch.Tensor] | None
+    started: float
+
+    @classmethod
+    def begin(cls, strategy: Strategy, model: Any, state: DecodeState) -> Run:
+        metered = MeteredModel(model)
+        started = time.perf_counter()
+        strategy.call("dllm_start", state=state, model=metered)
+        return cls(strategy=strategy, model=model, state=state, metered=metered,
+                   forced=torch.zeros(state.batch_size, dtype=torch.long, device=state.device),
+                   frames=[] if state.config.trace else None, started=started)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.state.finished.all())
+
+    def step(self) -> StepRecord:
+        state, config = self.state, self.state.config
         live = (~state.finished).nonzero().squeeze(1)
-        if live.numel() == 0:
-            break
         if state.step >= config.max_steps:
             raise StepLimitError(
                 f"decoding reached max_steps={config.max_steps} with masked positions left in rows "
-                f"{live.tolist()}; plugin {strategy.owners['dllm_remask']!r} keeps re-masking "
+                f"{live.tolist()}; plugin {self.strategy.owners['dllm_remask']!r} keeps re-masking "
                 "(raise max_steps or make it revoke less)"
             )
         whole = live.numel() == state.batch_size
         part = state if whole else state.take(live)
-        part, forced_now = _step(strategy, metered, part)
-        forced[live] += forced_now
-        state = part if whole else state.put(live, part)
-        if frames is not None:
-            frames.append(state.response.clone())
-    tokens = state.response
-    return DecodeResult(
-        tokens=tokens, text=_texts(model, tokens, config), steps=state.taken, nfe=state.nfe,
-        forwards=metered.calls, positions=metered.positions, commit_step=state.commit_step, forced=forced,
-        wall_time=time.perf_counter() - started,
-        trace=torch.stack(frames) if frames else None,
-    )
+        record = _step(self.strategy, self.metered, part, live)
+        self.forced[live] += record.forced
+        self.state = record.after if whole else state.put(live, record.after)
+        if self.frames is not None:
+            self.frames.append(self.state.response.clone())
+        return record
+
+    def result(self) -> DecodeResult:
+        state = self.state
+        return DecodeResult(
+            tokens=state.response, text=_texts(self.model, state.response, state.config), steps=state.taken,
+            nfe=state.nfe, forwards=self.metered.calls, positions=self.metered.positions,
+            commit_step=state.commit_step, forced=self.forced, wall_time=time.perf_counter() - self.started,
+            trace=torch.stack(self.frames) if self.frames else None,
+        )
 
 
-def _step(strategy: Strategy, model: MeteredModel, state: DecodeState) -> tuple[DecodeState, torch.Tensor]:
-    config = state.config
+def run(strategy: Strategy, model: Any, state: DecodeState) -> DecodeResult:
+    """Run the loop from ``state`` to the end (see :func:`decode`)."""
+    current = Run.begin(strategy, model, state)
+    while not current.done:
+        current.step()
+    return current.result()
+
+
+def _step(strategy: Strategy, model: MeteredModel, state: DecodeState, rows: torch.Tensor) -> StepRecord:
+    before, config = state, state.config
     G = config.gen_length
     plan = strategy.call("dllm_schedule", state=state)
     _check_plan(strategy, plan, state)
@@ -217,7 +265,8 @@ def _step(strategy: Strategy, model: MeteredModel, state: DecodeState) -> tuple[
     state = _truncate(strategy, state, proposal)
     state, commit = _stop(strategy, state, proposal, commit)
     strategy.call("dllm_after_step", state=state, proposal=proposal, commit=commit)
-    return state, forced
+    return StepRecord(rows=rows, before=before, after=state, plan=plan, proposal=proposal, commit=commit,
+                      forced=forced)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,14 @@
-"""Tools for testing strategies and plugins: fake models, tiny real models and (issue 7)
-the invariant kit.  Public API for plugin authors."""
+"""Tools for testing strategies and plugins (public API for plugin authors): fake models,
+hypothesis strategies for logits and decode shapes, the invariant checks, and a stateful
+machine.  See docs/testing-a-plugin.md."""
 
 from dllm_strategies.testing.fakes import FakeModel, ScriptedLogits
+from dllm_strategies.testing.invariants import (
+    InvariantViolation, check_strategy, check_strategy_property, checked_decode, decode_shapes, decoder_machine,
+    fake_models, logit_tables,
+)
 
-__all__ = ["FakeModel", "ScriptedLogits"]
+__all__ = [
+    "FakeModel", "InvariantViolation", "ScriptedLogits", "check_strategy", "check_strategy_property",
+    "checked_decode", "decode_shapes", "decoder_machine", "fake_models", "logit_tables",
+]

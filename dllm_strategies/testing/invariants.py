@@ -1,0 +1,265 @@
+"""The decoder's promises, checked on any strategy.
+
+Three lines for a plugin author::
+
+    from dllm_strategies.testing import check_strategy_property
+
+    def test_my_strategy():
+        check_strategy_property("my_plugin(option=1)+margin")
+
+Per step (on every :class:`~dllm_strategies.decode.StepRecord`): the prompt never changes; a
+committed token is never masked again or changed unless the remasking plugin is revocable;
+every live row commits at least one token by the strategy's own choice (the core never had to
+force progress); a live length never grows; with the core's top-k remasking, each step commits
+exactly ``min(budget, masked in window)``, so the schedule's budgets add up to the gen length.
+Per run: no mask token is left; every row ends within ``gen_length`` steps (non-revocable);
+cost counters equal what the model was called with; the same seed gives the same output; and
+a deterministic strategy decodes a batch exactly as it decodes each row alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from dllm_strategies.decode import Run, StepRecord, decode, encode_prompts
+from dllm_strategies.registry import Strategy, build_strategy
+from dllm_strategies.state import DecodeConfig, DecodeResult, DecodeState
+from dllm_strategies.testing.fakes import FakeModel, ScriptedLogits
+
+
+class InvariantViolation(AssertionError):
+    """A strategy broke one of the decoder's promises; the message says which and where."""
+
+
+# ------------------------------------------------------------------------------------------
+# Hypothesis strategies
+# ------------------------------------------------------------------------------------------
+VOCAB = 24
+MASK_ID, EOT_ID = 0, 1
+
+
+@st.composite
+def logit_tables(draw, vocab: int = VOCAB) -> torch.Tensor:
+    """(vocab, vocab) tables behind a fake model: exact ties, near-uniform or extremely peaked."""
+    kind = draw(st.sampled_from(["ties", "near_uniform", "peaked", "mixed"]))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ties":
+        table = torch.randint(0, 3, (vocab, vocab), generator=g).double()
+    elif kind == "near_uniform":
+        table = 1e-6 * torch.randn(vocab, vocab, generator=g, dtype=torch.float64)
+    elif kind == "peaked":
+        table = 60.0 * torch.randn(vocab, vocab, generator=g, dtype=torch.float64)
+    else:
+        table = torch.randn(vocab, vocab, generator=g, dtype=torch.float64) * torch.rand(vocab, 1, generator=g,
+                                                                                      dtype=torch.float64) * 10
+    return table
+
+
+def _table_logits(table: torch.Tensor):
+    def logits(input_ids: torch.Tensor) -> torch.Tensor:
+        left = torch.roll(input_ids, 1, dims=1)
+        return table[input_ids] + 0.5 * table[left]
+
+    return logits
+
+
+@st.composite
+def fake_models(draw, vocab: int = VOCAB) -> FakeModel:
+    """A :class:`FakeModel` whose logits hypothesis draws (see :func:`logit_tables`)."""
+    return FakeModel(logits_fn=_table_logits(draw(logit_tables(vocab))), vocab_size=vocab, mask_id=MASK_ID,
+                     eot_ids=(EOT_ID,), fill_id=EOT_ID)
+
+
+@st.composite
+def decode_shapes(draw) -> dict[str, Any]:
+    """Prompts (different lengths: left padding), gen length, block length and steps."""
+    block_length = draw(st.sampled_from([2, 4, 8]))
+    num_blocks = draw(st.integers(1, 3))
+    steps_per_block = draw(st.integers(1, block_length))
+    batch = draw(st.integers(1, 3))
+    prompts = [draw(st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=5)) for _ in range(batch)]
+    return {"prompts": prompts, "gen_length": block_length * num_blocks, "block_length": block_length,
+            "steps": steps_per_block * num_blocks}
+
+
+# ------------------------------------------------------------------------------------------
+# Checks
+# ------------------------------------------------------------------------------------------
+def _where(record: StepRecord, mask: torch.Tensor) -> str:
+    row, col = mask.nonzero()[0].tolist()
+    return f"row {int(record.rows[row])}, response position {col}, step {record.before.step}"
+
+
+def check_step(strategy: Strategy, record: StepRecord, prompt: torch.Tensor) -> None:
+    """Check one step; ``prompt`` is the whole batch's prompt as it was at the start."""
+    before, after = record.before, record.after
+    remasker = strategy.owners["dllm_remask"]
+    revocable = bool(getattr(strategy.owner("dllm_remask"), "revocable", False))
+    start = prompt.index_select(0, record.rows)
+    for name, state in (("before", before), ("after", after)):
+        if not torch.equal(state.prompt, start):
+            changed = state.prompt != start
+            row, col = changed.nonzero()[0].tolist()
+            raise InvariantViolation(
+                f"the prompt changed ({name} step {before.step}, row {int(record.rows[row])}, prompt position {col}) "
+                f"with strategy {strategy.spec!r}: a plugin wrote into a state tensor; hooks must return new "
+                "tensors and never modify state in place"
+            )
+    if bool((after.live_length > before.live_length).any()):
+        raise InvariantViolation(f"a live length grew at step {before.step} with strategy {strategy.spec!r}")
+    committed = ~before.masked & after.live
+    remasked = committed & after.masked
+    if not revocable and bool(remasked.any()):
+        raise InvariantViolation(f"plugin {remasker!r} re-masked a committed token ({_where(record, remasked)}) "
+                                 "but is not revocable")
+    changed = committed & ~after.masked & (after.response != before.response)
+    if bool(changed.any()):
+        raise InvariantViolation(f"a committed token changed ({_where(record, changed)}) with strategy "
+                                 f"{strategy.spec!r}")
+    if bool((record.forced > 0).any()):
+        row = int(record.rows[(record.forced > 0).nonzero()[0, 0]])
+        raise InvariantViolation(
+            f"plugin {remasker!r} committed nothing in live row {row} at step {before.step}; the core had to force "
+            "progress. A strategy must commit at least one masked position per live row per step"
+        )
+    newly = record.commit.mask.sum(1)
+    if bool((newly < 1).any()):
+        raise InvariantViolation(f"a live row committed nothing at step {before.step} with {strategy.spec!r}")
+    if remasker == "core" and not bool(after.live_length.lt(before.live_length).any()) and \
+            not bool((after.finished & after.masked.any(1)).any()):
+        window = record.plan.window(before).sum(1)
+        expected = torch.minimum(record.plan.budget, window).clamp(min=1)
+        if not torch.equal(newly, expected):
+            raise InvariantViolation(
+                f"step {before.step} committed {newly.tolist()} positions but the schedule of {strategy.spec!r} "
+                f"asked for {expected.tolist()} (budget {record.plan.budget.tolist()}, masked in window "
+                f"{window.tolist()})"
+            )
+
+
+def check_result(strategy: Strategy, result: DecodeResult, model: FakeModel, config: DecodeConfig) -> None:
+    if bool((result.tokens == config.mask_id).any()):
+        raise InvariantViolation(f"the output of {strategy.spec!r} still holds the mask token")
+    revocable = bool(getattr(strategy.owner("dllm_remask"), "revocable", False))
+    if not revocable and bool((result.steps > config.gen_length).any()):
+        raise InvariantViolation(f"{strategy.spec!r} took {result.steps.tolist()} steps for gen_length "
+                                 f"{config.gen_length}")
+    if result.forwards != len(model.calls):
+        raise InvariantViolation(f"the result counts {result.forwards} forwards but the model was called "
+                                 f"{len(model.calls)} times ({strategy.spec!r})")
+    fed = sum(int(c.attention_mask.sum()) if c.attention_mask is not None else c.input_ids.numel() for c in model.calls)
+    if result.positions != fed:
+        raise InvariantViolation(f"the result counts {result.positions} positions but the model processed {fed}")
+    if bool((result.nfe > result.forwards).any()) or int(result.nfe.max()) != result.forwards:
+        raise InvariantViolation(f"per-row NFE {result.nfe.tolist()} disagrees with {result.forwards} forwards")
+
+
+def _fresh(model: FakeModel) -> FakeModel:
+    return FakeModel(logits_fn=model.logits_fn, vocab_size=model.vocab_size, mask_id=model.mask_id,
+                     eot_ids=model.eot_ids, fill_id=model.fill_id)
+
+
+def checked_decode(spec: Any, model: FakeModel, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                   steps: int | None = None, seed: int = 0) -> DecodeResult:
+    """Decode with every per-step and per-run check."""
+    model = _fresh(model)
+    strategy = build_strategy(spec)
+    ids, mask = encode_prompts(model, prompts)
+    config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps, mask_id=model.mask_id,
+                          fill_id=model.fill_id, eot_ids=model.eot_ids, seed=seed)
+    state = DecodeState.start(ids, mask, config)
+    prompt = state.prompt.clone()
+    run = Run.begin(strategy, model, state)
+    while not run.done:
+        check_step(strategy, run.step(), prompt)
+    result = run.result()
+    check_result(strategy, result, model, config)
+    return result
+
+
+def check_strategy(spec: Any, model: FakeModel, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                   steps: int | None = None, seed: int = 0) -> DecodeResult:
+    """Every invariant of the module docstring on one input; raises :class:`InvariantViolation`."""
+    kwargs = {"gen_length": gen_length, "block_length": block_length, "steps": steps}
+    result = checked_decode(spec, model, prompts, seed=seed, **kwargs)
+    again = checked_decode(spec, model, prompts, seed=seed, **kwargs)
+    if not torch.equal(result.tokens, again.tokens):
+        raise InvariantViolation(f"{spec!r}: the same seed gave different outputs")
+    other = decode(_fresh(model), prompts, strategy=spec, seed=seed + 1, **kwargs)
+    if torch.equal(other.tokens, result.tokens):  # deterministic: batch must equal row by row
+        for i, prompt in enumerate(prompts):
+            alone = decode(_fresh(model), [prompt], strategy=spec, seed=seed, **kwargs)
+            if not torch.equal(alone.tokens[0], result.tokens[i]):
+                raise InvariantViolation(f"{spec!r}: row {i} decoded in a batch differs from decoding it alone "
+                                         f"({result.tokens[i].tolist()} vs {alone.tokens[0].tolist()})")
+    return result
+
+
+def check_strategy_property(spec: Any, *, max_examples: int = 20) -> None:
+    """Run :func:`check_strategy` over hypothesis-drawn fake models and decode shapes."""
+
+    @settings(max_examples=max_examples, deadline=None, database=None)
+    @given(model=fake_models(), shape=decode_shapes(), seed=st.integers(0, 2**16))
+    def run(model: FakeModel, shape: dict, seed: int) -> None:
+        check_strategy(spec, model, seed=seed, **shape)
+
+    run()
+
+
+# ------------------------------------------------------------------------------------------
+# Stateful
+# ------------------------------------------------------------------------------------------
+def decoder_machine(spec: Any) -> type[RuleBasedStateMachine]:
+    """A ``RuleBasedStateMachine`` that starts runs of ``spec`` on drawn models and shapes,
+    steps them, and checks every invariant after each step.  Use ``decoder_machine(spec).TestCase``."""
+
+    class DecoderMachine(RuleBasedStateMachine):
+        @initialize(model=fake_models(), shape=decode_shapes(), seed=st.integers(0, 2**16))
+        def begin(self, model: FakeModel, shape: dict, seed: int) -> None:
+            self.start(model, shape, seed)
+
+        def start(self, model: FakeModel, shape: dict, seed: int) -> None:
+            self.model = _fresh(model)
+            self.strategy = build_strategy(spec)
+            ids, mask = encode_prompts(self.model, shape["prompts"])
+            self.config = DecodeConfig(gen_length=shape["gen_length"], block_length=shape["block_length"],
+                                       steps=shape["steps"], mask_id=self.model.mask_id, fill_id=self.model.fill_id,
+                                       eot_ids=self.model.eot_ids, seed=seed)
+            state = DecodeState.start(ids, mask, self.config)
+            self.prompt = state.prompt.clone()
+            self.run = Run.begin(self.strategy, self.model, state)
+            self.record: StepRecord | None = None
+
+        @precondition(lambda self: self.run.done)
+        @rule(model=fake_models(), shape=decode_shapes(), seed=st.integers(0, 2**16))
+        def restart(self, model: FakeModel, shape: dict, seed: int) -> None:
+            self.start(model, shape, seed)
+
+        @precondition(lambda self: not self.run.done)
+        @rule()
+        def step(self) -> None:
+            self.record = self.run.step()
+
+        @precondition(lambda self: not self.run.done)
+        @rule()
+        def finish(self) -> None:
+            while not self.run.done:
+                check_step(self.strategy, self.run.step(), self.prompt)
+            check_result(self.strategy, self.run.result(), self.model, self.config)
+
+        @invariant()
+        def promises_hold(self) -> None:
+            if self.record is not None:
+                check_step(self.strategy, self.record, self.prompt)
+            finished = self.run.state.finished
+            if bool((self.run.state.masked.any(1) & finished).any()):
+                raise InvariantViolation("a finished row still has masked positions")
+
+    DecoderMachine.__name__ = f"DecoderMachine[{spec}]"
+    return DecoderMachine
