@@ -69,9 +69,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dllm_strategies import decode, load_model
     from dllm_strategies.registry import build_strategy, installed_models
 
-    spec = args.strategy
-    if spec is None:
-        spec = (installed_models().get(args.model) or {}).get("strategy") or ""
+    recommended = installed_models().get(args.model) or {}
+    spec = args.strategy if args.strategy is not None else recommended.get("strategy") or ""
+    block_length = args.block_length or recommended.get("block_length") or min(32, args.gen_length)
     if args.temperature > 0:
         spec = f"{spec}+gumbel(temperature={args.temperature})" if spec else f"gumbel(temperature={args.temperature})"
     build_strategy(spec)  # fail fast on a bad spec, before any work
@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         for batch in tqdm(batches, desc="generate", disable=len(batches) < 2 or args.quiet, file=sys.stderr):
             result = decode(model, batch, strategy=spec, gen_length=args.gen_length,
-                            block_length=args.block_length, steps=args.steps, seed=args.seed, chat=not args.raw)
+                            block_length=block_length, steps=args.steps, seed=args.seed, chat=not args.raw)
             for i, text in enumerate(result.text):
                 row = {"prompt": batch[i], "text": text, "steps": int(result.steps[i]), "nfe": int(result.nfe[i]),
                        "tokens": int((result.tokens[i] != model.fill_id).sum())}
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="default", help="registered name, local checkpoint or hub id")
     g.add_argument("--strategy", default=None, help="spec, e.g. 'threshold(tau=0.9)+eot' (default: the model's)")
     g.add_argument("--gen-length", type=int, default=64)
-    g.add_argument("--block-length", type=int, default=32)
+    g.add_argument("--block-length", type=int, default=None,
+                   help="semi-AR block width (default: the model's recommended one, else 32)")
     g.add_argument("--steps", type=int, default=None, help="schedule steps (default: gen length)")
     g.add_argument("--temperature", type=float, default=0.0, help="> 0 adds gumbel(temperature=...)")
     g.add_argument("--seed", type=int, default=0)

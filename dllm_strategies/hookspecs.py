@@ -187,9 +187,10 @@ def dllm_after_step(state: DecodeState, proposal: Proposal, commit: Commit) -> N
 # ------------------------------------------------------------------------------------------
 @hookspec
 def dllm_models(register: Any) -> None:
-    """Register named models: ``register(name, path, *, strategy=None, description="")``.
+    """Register named models: ``register(name, path, *, strategy=None, block_length=None, description="")``.
 
-    ``load_model(name)`` then loads ``path``; ``strategy`` is the decoding recommended for it.
+    ``load_model(name)`` then loads ``path``; ``strategy`` and ``block_length`` are the decoding
+    recommended for it (used by the CLI and the harness when the user gives none).
     Implement it on a module or as a ``staticmethod`` (it is called without a run).
     """
 

@@ -158,15 +158,17 @@ def _installed_manager() -> pluggy.PluginManager:
 
 
 def installed_models() -> dict[str, dict[str, Any]]:
-    """Named models registered through ``dllm_models``: name -> {path, strategy, description, source}."""
+    """Named models registered through ``dllm_models``: name -> {path, strategy, block_length, description,
+    source}."""
     models: dict[str, dict[str, Any]] = {}
     pm = _installed_manager()
     for impl in reversed(pm.hook.dllm_models.get_hookimpls()):
-        def register(name: str, path: str | Path, *, strategy: str | None = None, description: str = "",
-                     _source: str = impl.plugin_name) -> None:
+        def register(name: str, path: str | Path, *, strategy: str | None = None, block_length: int | None = None,
+                     description: str = "", _source: str = impl.plugin_name) -> None:
             if name in models:
                 raise ModelError(f"model name {name!r} registered twice: by {models[name]['source']} and {_source}")
-            models[name] = {"path": Path(path), "strategy": strategy, "description": description, "source": _source}
+            models[name] = {"path": Path(path), "strategy": strategy, "block_length": block_length,
+                            "description": description, "source": _source}
 
         impl.function(register=register)
     return models
