@@ -43,6 +43,9 @@ def dllm_commands(subparsers) -> None:
     p.add_argument("--forms", type=int, default=2, choices=(0, 1, 2))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--export", action="store_true",
+                   help="do not train: write the run's latest checkpoint (OUTPUT/work) as a standard checkpoint "
+                        "in OUTPUT (same options as the run)")
     p.set_defaults(func=_train)
 
 
@@ -51,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from dllm_strategies.arith import task
     from dllm_strategies.arith.evaluate import accuracy
-    from dllm_strategies.arith.recipe import ModelShape, train_default
+    from dllm_strategies.arith.recipe import ModelShape, export_checkpoint, train_default
     from dllm_strategies.models.loading import wrap_module
     from dllm_strategies.training.sft import TrainConfig
 
@@ -65,6 +68,11 @@ def _train(args: argparse.Namespace) -> int:
     )
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)
+    if args.export:
+        step = export_checkpoint(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape,
+                                 config=config)
+        print(f"exported step {step} of {config.steps} to {args.output}")
+        return 0
     held_out = list(task.generate(args.eval_problems, seed=args.seed + 99, difficulty=difficulty,
                                   exclude=frozenset(p.question for p in task.test_problems())))
     tok_holder = {}

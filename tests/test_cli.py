@@ -51,3 +51,33 @@ def test_generate_reports_bad_spec_clearly(checkpoint, capsys):
 def test_console_script_and_module_form():
     out = subprocess.run([sys.executable, "-m", "dllm_strategies.cli", "plugins"], capture_output=True, text=True)
     assert out.returncode == 0 and "threshold" in out.stdout
+
+
+MICRO = ["--train-size", "64", "--batch-size", "4", "--hidden-size", "16", "--layers", "1", "--heads", "2",
+         "--intermediate-size", "32", "--gen-lengths", "48", "--gen-length-weights", "1", "--eval-problems", "0",
+         "--save-every", "1", "--quiet"]
+
+
+def test_train_command_smoke_and_export_of_an_unfinished_run(tmp_path, capsys):
+    import torch
+
+    from dllm_strategies import decode, load_model
+    from dllm_strategies.training import sft
+
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), "--steps", "2", *MICRO]) == 0
+    finished = json.loads((out / "training.json").read_text())
+    assert finished["step"] == 2 and finished["finished"] is True
+    # An interrupted 4-step run: keep the 2-step checkpoint, relabelled with the 4-step config.
+    saved = torch.load(out / "work" / sft.CHECKPOINT, weights_only=False)
+    saved["config"]["steps"] = 4
+    torch.save(saved, out / "work" / sft.CHECKPOINT)
+    (out / "training.json").unlink()
+    assert main(["train", "--output", str(out), "--steps", "4", "--export", *MICRO]) == 0
+    assert "exported step 2 of 4" in capsys.readouterr().out
+    partial = json.loads((out / "training.json").read_text())
+    assert partial["step"] == 2 and partial["finished"] is False
+    model = load_model(str(out))
+    result = decode(model, ["Tom has 3 apples ."], gen_length=8, block_length=8, chat=True)
+    assert not (result.tokens == model.mask_id).any()
+    assert main(["train", "--output", str(tmp_path / "none"), "--steps", "4", "--export", *MICRO]) != 0

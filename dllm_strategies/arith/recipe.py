@@ -76,10 +76,34 @@ def train_default(output_dir: str | Path, *, train_size: int = 400_000, validati
         mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, fill_id=tok.eos_token_id,
         output_dir=output_dir / "work", config=config, evaluate=evaluate, progress=progress, log=log,
     )
+    _save(output_dir, model, tok, difficulty=difficulty, shape=shape, config=config, train_size=train_size,
+          records=records, step=config.steps)
+    return model, tok, records
+
+
+def _save(output_dir: Path, model, tok, *, difficulty: task.Difficulty, shape: ModelShape,
+          config: sft.TrainConfig, train_size: int, records: list, step: int) -> None:
     model.save_pretrained(output_dir, safe_serialization=True)
     tok.save_pretrained(output_dir)
     (output_dir / "training.json").write_text(json.dumps({
         "difficulty": attrs.asdict(difficulty), "shape": attrs.asdict(shape),
-        "config": attrs.asdict(config), "train_size": train_size, "records": records,
+        "config": attrs.asdict(config), "train_size": train_size, "step": step,
+        "finished": step == config.steps, "records": records,
     }, indent=1))
-    return model, tok, records
+
+
+def export_checkpoint(output_dir: str | Path, *, train_size: int, difficulty: task.Difficulty,
+                      shape: ModelShape, config: sft.TrainConfig) -> int:
+    """Write the latest resumable checkpoint of a run (``output_dir/work``) as a standard
+    checkpoint in ``output_dir`` without training; ``training.json`` records the step it was
+    taken at and whether the run had finished.  Returns that step."""
+    from transformers import LlamaForCausalLM
+
+    output_dir = Path(output_dir)
+    saved = sft.load_checkpoint(output_dir / "work", config)
+    tok = arith_tokenizer.build_tokenizer()
+    model = LlamaForCausalLM(model_config(tok, shape))
+    model.load_state_dict(saved["model"])
+    _save(output_dir, model.eval(), tok, difficulty=difficulty, shape=shape, config=config,
+          train_size=train_size, records=saved["records"], step=saved["step"])
+    return saved["step"]

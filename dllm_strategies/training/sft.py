@@ -27,6 +27,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from dllm_strategies.errors import ConfigError
+
 EPS = 1e-3
 CHECKPOINT = "checkpoint.pt"
 
@@ -52,7 +54,7 @@ def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
     rows, masks = [], []
     for prompt, response in zip(prompts, responses, strict=True):
         if len(response) > gen_length:
-            raise ValueError(
+            raise ConfigError(
                 f"response of {len(response)} tokens does not fit gen_length={gen_length}; "
                 "raise the generation length"
             )
@@ -134,13 +136,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = output_dir / CHECKPOINT
-    saved = torch.load(checkpoint, weights_only=False) if checkpoint.exists() else None
-    if saved is not None and saved["config"] != attrs.asdict(config):
-        raise ValueError(
-            f"{checkpoint} was written with another training config; "
-            "use a new output directory or the same options"
-        )
+    saved = load_checkpoint(output_dir, config) if (output_dir / CHECKPOINT).exists() else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
@@ -186,7 +182,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                 model.train()
             record(entry)
         if done % config.save_every == 0 or done == config.steps:
-            _save_checkpoint(checkpoint, model, optimizer, done, records, config)
+            _save_checkpoint(output_dir / CHECKPOINT, model, optimizer, done, records, config)
     bar.close()
     model.eval()
     return records
@@ -207,6 +203,21 @@ def validation_loss(model, pairs, mask_id: int, pad_id: int, fill_id: int, gen_l
         count += len(chunk)
     model.train(was_training)
     return total / max(count, 1)
+
+
+def load_checkpoint(output_dir: str | Path, config: TrainConfig) -> dict:
+    """The resumable checkpoint in ``output_dir`` (model, optimizer, step, records), which must
+    have been written with the same ``config``."""
+    checkpoint = Path(output_dir) / CHECKPOINT
+    if not checkpoint.exists():
+        raise ConfigError(f"no training checkpoint at {checkpoint}; run the training with the same options first")
+    saved = torch.load(checkpoint, weights_only=False)
+    if saved["config"] != attrs.asdict(config):
+        raise ConfigError(
+            f"{checkpoint} was written with another training config; "
+            "use a new output directory or the same options"
+        )
+    return saved
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, records: list, config: TrainConfig) -> None:
