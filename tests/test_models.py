@@ -82,3 +82,14 @@ def test_moe_is_refused_with_a_clear_error(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="cannot find model"):
         load_model(str(tmp_path / "nope"), device="cpu")
+
+
+def test_registered_model_whose_files_are_missing_names_its_plugin(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr("dllm_strategies.models.loading._registered_models", lambda: {
+        "ghost": {"path": Path(tmp_path / "absent"), "strategy": None, "block_length": None,
+                  "description": "a model made by `dllm-strategies make-ghost`", "source": "dllm-ghost:ghost"}})
+    with pytest.raises(ModelError, match=r"model 'ghost' is registered by dllm-ghost:ghost at .*absent, which does "
+                                         r"not exist \(a model made by `dllm-strategies make-ghost`\)"):
+        load_model("ghost", device="cpu")

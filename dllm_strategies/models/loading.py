@@ -105,7 +105,14 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
     registered = _registered_models()
     name = path_or_id
     if path_or_id in registered:
-        path_or_id = str(registered[path_or_id]["path"])
+        entry = registered[path_or_id]
+        if not entry["path"].is_dir():
+            raise ModelError(
+                f"model {name!r} is registered by {entry['source']} at {entry['path']}, which does not exist "
+                f"({entry['description'] or 'no description'}); build it with the command that plugin documents, "
+                "or reinstall the package that ships it"
+            )
+        path_or_id = str(entry["path"])
     directory = _local_dir(path_or_id)
     config = read_config(directory)
     model_type = config.get("model_type", "")
