@@ -520,7 +520,8 @@ def load_tokenizer(directory: Path, family: Family | None = None):
         if tok_class == "DreamTokenizer" or (remote and family is not None and family.native == "qwen2"
                                               and (directory / "vocab.json").is_file()):
             return transformers.Qwen2Tokenizer.from_pretrained(str(directory))
-        if remote and (directory / "tokenizer.json").is_file():
+        if (remote or tok_class == "PreTrainedTokenizerFast") and (directory / "tokenizer.json").is_file():
+            # Directly: AutoTokenizer would read config.json and warn that it does not know model_type "llada".
             return transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
         return transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as exc:
