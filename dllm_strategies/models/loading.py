@@ -43,7 +43,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def _local_dir(path_or_id: str) -> Path:
+def local_dir(path_or_id: str) -> Path:
+    """The checkpoint directory of a local path or a hub id (downloaded when online)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
@@ -113,7 +114,7 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
                 "or reinstall the package that ships it"
             )
         path_or_id = str(entry["path"])
-    directory = _local_dir(path_or_id)
+    directory = local_dir(path_or_id)
     config = read_config(directory)
     model_type = config.get("model_type", "")
     if model_type in families.UNSUPPORTED_MODEL_TYPES:

@@ -116,7 +116,8 @@ class TrainConfig:
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of every random draw of training step ``step`` (resumes reproduce them)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
@@ -156,7 +157,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     started = time.monotonic()
     model.train()
     for step in range(start, config.steps):
-        generator = _step_generator(config.seed, step)
+        generator = step_generator(config.seed, step)
         picks = torch.randint(len(train_pairs), (config.batch_size,), generator=generator).tolist()
         gen_length = config.gen_lengths[int(torch.multinomial(weights, 1, generator=generator))]
         batch = collate([train_pairs[i][0] for i in picks], [train_pairs[i][1] for i in picks],
@@ -198,7 +199,7 @@ def validation_loss(model, pairs, mask_id: int, pad_id: int, fill_id: int, gen_l
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         batch = collate([p for p, _ in chunk], [r for _, r in chunk], gen_length, pad_id, fill_id)
-        generator = _step_generator(seed + 7, start)
+        generator = step_generator(seed + 7, start)
         total += masked_diffusion_loss(model, batch, mask_id, generator).item() * len(chunk)
         count += len(chunk)
     model.train(was_training)

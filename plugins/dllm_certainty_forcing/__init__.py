@@ -1,0 +1,10 @@
+"""dParallel (arXiv 2509.26488): certainty-forcing distillation as a plugin.
+
+* :mod:`.trajectories`: the teacher decodes training prompts; the correct trajectories are kept.
+* :mod:`.masking`: one active block per sample, two complementary masked views of it.
+* :mod:`.loss`: cross-entropy on both views plus the certainty (entropy) term on positions
+  already predicted right.
+* :mod:`.training`: the resumable loop (full fine-tuning or LoRA), :mod:`.export`: the
+  standard checkpoint out.
+* :mod:`.plugin`: the ``distill`` command and the ``default-dparallel`` model.
+"""
