@@ -180,7 +180,8 @@ class StepRecord:
 class Run:
     """One decode run, advanced a step at a time: ``while not run.done: run.step()``,
     then ``run.result()``.  :func:`decode` does exactly that; the invariant kit
-    (``dllm_strategies.testing``) checks each :class:`StepRecord` in between."""
+    (``dllm_strategies.testing``) checks each :class:`StepRecord` in between.  Autograd is
+    off inside: decoding never needs gradients."""
 
     strategy: Strategy
     model: Any
@@ -191,6 +192,7 @@ class Run:
     started: float
 
     @classmethod
+    @torch.no_grad()
     def begin(cls, strategy: Strategy, model: Any, state: DecodeState) -> Run:
         metered = MeteredModel(model)
         started = time.perf_counter()
@@ -203,6 +205,7 @@ class Run:
     def done(self) -> bool:
         return bool(self.state.finished.all())
 
+    @torch.no_grad()
     def step(self) -> StepRecord:
         state, config = self.state, self.state.config
         live = (~state.finished).nonzero().squeeze(1)

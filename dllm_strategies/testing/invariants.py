@@ -153,7 +153,8 @@ def check_result(strategy: Strategy, result: DecodeResult, model: FakeModel, con
     if result.forwards != len(model.calls):
         raise InvariantViolation(f"the result counts {result.forwards} forwards but the model was called "
                                  f"{len(model.calls)} times ({strategy.spec!r})")
-    fed = sum(int(c.attention_mask.sum()) if c.attention_mask is not None else c.input_ids.numel() for c in model.calls)
+    fed = sum(int(c.attention_mask.sum()) if c.attention_mask is not None and c.attention_mask.dim() == 2
+              else c.input_ids.numel() for c in model.calls)  # a 4-D mask: every input position is processed
     if result.positions != fed:
         raise InvariantViolation(f"the result counts {result.positions} positions but the model processed {fed}")
     if bool((result.nfe > result.forwards).any()) or int(result.nfe.max()) != result.forwards:
