@@ -18,6 +18,7 @@ import functools
 import importlib.metadata
 import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,8 @@ class Plugin:
     Attributes:
         Options: an ``attrs`` class of typed, validated options (none by default).
         revocable: True if its ``dllm_remask`` may un-commit tokens (``Commit.revoke``).
+        stochastic: True if its choices are random (seeded by ``config.seed``), so a row decoded
+            in a batch may differ from the same row decoded alone.
         conflicts: ``{plugin name: reason}`` of plugins it cannot be combined with.
     """
 
@@ -51,6 +54,7 @@ class Plugin:
         pass
 
     revocable: bool = False
+    stochastic: bool = False
     conflicts: Mapping[str, str] = {}
 
     def __init__(self, options: Any = None):
@@ -93,7 +97,16 @@ def _normal(dist: str) -> str:
 
 
 def discover() -> dict[str, list[PluginInfo]]:
-    """Installed entry points of the group, by name (a list: two distributions may clash)."""
+    """Installed entry points of the group, by name (a list: two distributions may clash).
+
+    Reading every distribution's metadata is slow, so the answer is kept for as long as
+    what decides it (``sys.path`` and the allowlist) stays the same.
+    """
+    return _discover(tuple(sys.path), os.environ.get(ALLOW_ENV))
+
+
+@functools.lru_cache(maxsize=8)
+def _discover(path: tuple[str, ...], allow: str | None) -> dict[str, list[PluginInfo]]:
     allowed = _allowed()
     found: dict[str, list[PluginInfo]] = {}
     seen: set[tuple[str, str]] = set()

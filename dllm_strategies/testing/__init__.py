@@ -2,13 +2,13 @@
 hypothesis strategies for logits and decode shapes, the invariant checks, and a stateful
 machine.  See docs/testing-a-plugin.md."""
 
-from dllm_strategies.testing.fakes import FakeModel, ScriptedLogits
+from dllm_strategies.testing.fakes import FakeModel, RecordingModel, ScriptedLogits
 from dllm_strategies.testing.invariants import (
     InvariantViolation, check_strategy, check_strategy_property, checked_decode, decode_shapes, decoder_machine,
     fake_models, logit_tables,
 )
 
 __all__ = [
-    "FakeModel", "InvariantViolation", "ScriptedLogits", "check_strategy", "check_strategy_property",
+    "FakeModel", "InvariantViolation", "RecordingModel", "ScriptedLogits", "check_strategy", "check_strategy_property",
     "checked_decode", "decode_shapes", "decoder_machine", "fake_models", "logit_tables",
 ]

@@ -1,4 +1,5 @@
-"""A fake diffusion model whose logits come from a function, and that records every call."""
+"""A fake diffusion model whose logits come from a function, and that records every call;
+and a recorder that adds the same record to any model."""
 
 from __future__ import annotations
 
@@ -61,3 +62,24 @@ class FakeModel:
                                logits_to_keep))
         out = self.logits_fn(input_ids)
         return out[:, -logits_to_keep:] if logits_to_keep else out
+
+
+@attrs.define(eq=False)
+class RecordingModel:
+    """Any model (real or fake), with every ``logits`` call recorded in ``calls``; every other
+    attribute is the wrapped model's (so plugins that need ``model.module`` still find it)."""
+
+    model: Any
+    calls: list[Call] = attrs.field(factory=list)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None, logits_to_keep: int = 0, **kwargs: Any) -> torch.Tensor:
+        self.calls.append(Call(input_ids.clone(), None if attention_mask is None else attention_mask.clone(),
+                               logits_to_keep))
+        return self.model.logits(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 logits_to_keep=logits_to_keep, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)

@@ -14,7 +14,8 @@ force progress); a live length never grows; with the core's top-k remasking, eac
 exactly ``min(budget, masked in window)``, so the schedule's budgets add up to the gen length.
 Per run: no mask token is left; every row ends within ``gen_length`` steps (non-revocable);
 cost counters equal what the model was called with; the same seed gives the same output; and
-a deterministic strategy decodes a batch exactly as it decodes each row alone.
+a strategy none of whose plugins declares ``stochastic = True`` decodes a batch exactly as it
+decodes each row alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from dllm_strategies.decode import Run, StepRecord, decode, encode_prompts
 from dllm_strategies.registry import Strategy, build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeResult, DecodeState
-from dllm_strategies.testing.fakes import FakeModel, ScriptedLogits
+from dllm_strategies.testing.fakes import FakeModel, RecordingModel, ScriptedLogits
 
 
 class InvariantViolation(AssertionError):
@@ -77,15 +78,20 @@ def fake_models(draw, vocab: int = VOCAB) -> FakeModel:
 
 
 @st.composite
-def decode_shapes(draw) -> dict[str, Any]:
-    """Prompts (different lengths: left padding), gen length, block length and steps."""
-    block_length = draw(st.sampled_from([2, 4, 8]))
+def decode_shapes(draw, block_lengths: tuple[int, ...] = (2, 4, 8), references: bool = False) -> dict[str, Any]:
+    """Prompts (different lengths: left padding), gen length, block length and steps; with
+    ``references``, also a reference response per row (ids 2..23) for oracle plugins."""
+    block_length = draw(st.sampled_from(block_lengths))
     num_blocks = draw(st.integers(1, 3))
     steps_per_block = draw(st.integers(1, block_length))
     batch = draw(st.integers(1, 3))
     prompts = [draw(st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=5)) for _ in range(batch)]
-    return {"prompts": prompts, "gen_length": block_length * num_blocks, "block_length": block_length,
-            "steps": steps_per_block * num_blocks}
+    shape = {"prompts": prompts, "gen_length": block_length * num_blocks, "block_length": block_length,
+             "steps": steps_per_block * num_blocks}
+    if references:
+        rows = st.lists(st.integers(2, VOCAB - 1), min_size=shape["gen_length"], max_size=shape["gen_length"])
+        shape["reference"] = torch.tensor([draw(rows) for _ in range(batch)])
+    return shape
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,7 +149,7 @@ def check_step(strategy: Strategy, record: StepRecord, prompt: torch.Tensor) -> 
             )
 
 
-def check_result(strategy: Strategy, result: DecodeResult, model: FakeModel, config: DecodeConfig) -> None:
+def check_result(strategy: Strategy, result: DecodeResult, model: RecordingModel, config: DecodeConfig) -> None:
     if bool((result.tokens == config.mask_id).any()):
         raise InvariantViolation(f"the output of {strategy.spec!r} still holds the mask token")
     revocable = bool(getattr(strategy.owner("dllm_remask"), "revocable", False))
@@ -161,20 +167,20 @@ def check_result(strategy: Strategy, result: DecodeResult, model: FakeModel, con
         raise InvariantViolation(f"per-row NFE {result.nfe.tolist()} disagrees with {result.forwards} forwards")
 
 
-def _fresh(model: FakeModel) -> FakeModel:
-    return FakeModel(logits_fn=model.logits_fn, vocab_size=model.vocab_size, mask_id=model.mask_id,
-                     eot_ids=model.eot_ids, fill_id=model.fill_id)
+def _fresh(model: Any) -> RecordingModel:
+    """The model with a new, empty record of its calls."""
+    return RecordingModel(model.model if isinstance(model, RecordingModel) else model)
 
 
-def checked_decode(spec: Any, model: FakeModel, prompts: list[list[int]], *, gen_length: int, block_length: int,
-                   steps: int | None = None, seed: int = 0) -> DecodeResult:
-    """Decode with every per-step and per-run check."""
+def checked_decode(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                   steps: int | None = None, seed: int = 0, reference: torch.Tensor | None = None) -> DecodeResult:
+    """Decode with every per-step and per-run check (``reference``: (B, gen_length) for oracles)."""
     model = _fresh(model)
     strategy = build_strategy(spec)
     ids, mask = encode_prompts(model, prompts)
     config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps, mask_id=model.mask_id,
                           fill_id=model.fill_id, eot_ids=model.eot_ids, seed=seed)
-    state = DecodeState.start(ids, mask, config)
+    state = DecodeState.start(ids, mask, config, reference=reference)
     prompt = state.prompt.clone()
     run = Run.begin(strategy, model, state)
     while not run.done:
@@ -184,30 +190,40 @@ def checked_decode(spec: Any, model: FakeModel, prompts: list[list[int]], *, gen
     return result
 
 
-def check_strategy(spec: Any, model: FakeModel, prompts: list[list[int]], *, gen_length: int, block_length: int,
-                   steps: int | None = None, seed: int = 0) -> DecodeResult:
+def check_strategy(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                   steps: int | None = None, seed: int = 0, reference: torch.Tensor | None = None) -> DecodeResult:
     """Every invariant of the module docstring on one input; raises :class:`InvariantViolation`."""
     kwargs = {"gen_length": gen_length, "block_length": block_length, "steps": steps}
-    result = checked_decode(spec, model, prompts, seed=seed, **kwargs)
-    again = checked_decode(spec, model, prompts, seed=seed, **kwargs)
+    result = checked_decode(spec, model, prompts, seed=seed, reference=reference, **kwargs)
+    again = checked_decode(spec, model, prompts, seed=seed, reference=reference, **kwargs)
     if not torch.equal(result.tokens, again.tokens):
         raise InvariantViolation(f"{spec!r}: the same seed gave different outputs")
-    other = decode(_fresh(model), prompts, strategy=spec, seed=seed + 1, **kwargs)
-    if torch.equal(other.tokens, result.tokens):  # deterministic: batch must equal row by row
+    stochastic = [name for name, plugin in build_strategy(spec).plugins.items()
+                  if getattr(plugin, "stochastic", False)]
+    if not stochastic:  # deterministic: a batch must decode exactly as its rows alone
         for i, prompt in enumerate(prompts):
-            alone = decode(_fresh(model), [prompt], strategy=spec, seed=seed, **kwargs)
+            alone = decode(_fresh(model), [prompt], strategy=spec, seed=seed,
+                           reference=None if reference is None else reference[i:i + 1], **kwargs)
             if not torch.equal(alone.tokens[0], result.tokens[i]):
-                raise InvariantViolation(f"{spec!r}: row {i} decoded in a batch differs from decoding it alone "
-                                         f"({result.tokens[i].tolist()} vs {alone.tokens[0].tolist()})")
+                raise InvariantViolation(
+                    f"{spec!r}: row {i} decoded in a batch differs from decoding it alone "
+                    f"({result.tokens[i].tolist()} vs {alone.tokens[0].tolist()}); a plugin whose choices are "
+                    "random must say so with `stochastic = True`")
     return result
 
 
-def check_strategy_property(spec: Any, *, max_examples: int = 20) -> None:
-    """Run :func:`check_strategy` over hypothesis-drawn fake models and decode shapes."""
+def check_strategy_property(spec: Any, *, model: Any = None, block_lengths: tuple[int, ...] = (2, 4, 8),
+                            references: bool = False, max_examples: int = 20) -> None:
+    """Run :func:`check_strategy` over hypothesis-drawn decode shapes, on hypothesis-drawn fake
+    models, or on ``model`` when given (a tiny real model, for plugins that need one, such as
+    a KV cache: prompts and references are drawn from token ids 2..23, so its vocabulary must
+    hold them).  ``block_lengths``: the block lengths to draw (a plugin may need one width);
+    ``references``: pass a drawn reference response (for oracle plugins)."""
+    models = fake_models() if model is None else st.just(model)
 
     @settings(max_examples=max_examples, deadline=None, database=None)
-    @given(model=fake_models(), shape=decode_shapes(), seed=st.integers(0, 2**16))
-    def run(model: FakeModel, shape: dict, seed: int) -> None:
+    @given(model=models, shape=decode_shapes(block_lengths, references), seed=st.integers(0, 2**16))
+    def run(model: Any, shape: dict, seed: int) -> None:
         check_strategy(spec, model, seed=seed, **shape)
 
     run()

@@ -26,7 +26,7 @@ def llada_transfer_schedule(masked_in_block: torch.Tensor, steps: int) -> torch.
 def llada_reference(module, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int,
                     mask_id: int) -> torch.Tensor:
     B, P = prompt.shape
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=prompt.device)
     x[:, :P] = prompt
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
@@ -43,7 +43,8 @@ def llada_reference(module, prompt: torch.Tensor, gen_length: int, block_length:
             x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
             x0_p[:, hi - P:] = float("-inf")
             x0 = torch.where(mask_index[:, P:], x0, x[:, P:])
-            confidence = torch.where(mask_index[:, P:], x0_p, torch.tensor(float("-inf"), dtype=torch.float64))
+            confidence = torch.where(mask_index[:, P:], x0_p,
+                                     torch.tensor(float("-inf"), dtype=torch.float64, device=x.device))
             transfer = torch.zeros_like(x0, dtype=torch.bool)
             for row in range(B):
                 k = int(schedule[row, i])

@@ -19,6 +19,10 @@ class Gumbel(Plugin):
     class Options:
         temperature: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
 
+    @property
+    def stochastic(self) -> bool:
+        return self.options.temperature > 0
+
     @hookimpl
     def dllm_start(self, state) -> None:
         self.generator = torch.Generator(device=state.device).manual_seed(state.config.seed)

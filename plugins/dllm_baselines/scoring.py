@@ -22,6 +22,8 @@ class RandomOrder(Plugin):
     """LLaDA's ``random`` remasking (Dream's ``origin``): positions commit in a uniformly
     random order, seeded by the run's seed."""
 
+    stochastic = True
+
     @hookimpl
     def dllm_start(self, state) -> None:
         self.generator = torch.Generator(device=state.device).manual_seed(state.config.seed + 1)
