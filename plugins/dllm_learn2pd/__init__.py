@@ -1,0 +1,13 @@
+"""Learn2PD (Bao et al., "Learning to Parallel", arXiv 2509.25188) as plugins.
+
+- ``egp_oracle`` (:mod:`.oracle`): the Extremely Greedy Parallel oracle, which commits every
+  masked position whose candidate already equals a reference answer.
+- ``learned_filter`` (:mod:`.learned_filter`): a 2-layer MLP trained to imitate the oracle from
+  the block's top-1 confidences (:mod:`.features`, :mod:`.filter_model`).
+- ``eot`` (:mod:`.eot`): End-of-Text truncation, which stops computing on everything after an
+  end-of-text token.
+- ``dllm-strategies train-filter`` (:mod:`.commands`, :mod:`.training`): collect the oracle's
+  labels on the synthetic task and train a filter.
+
+See docs/learn2pd.md.
+"""
