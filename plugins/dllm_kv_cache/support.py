@@ -1,0 +1,96 @@
+"""Which models a KV cache can serve, checked once when a run starts (hook ``dllm_start``).
+
+A cache needs a transformers decoder module (``model.module``) whose forward takes
+``past_key_values`` and an explicit 4-D attention mask, attends bidirectionally
+(``is_causal=False``, as LLaDA, Dream and the project's own models are built), keeps full
+(not sliding-window) attention in every layer, and runs ``sdpa`` or ``eager`` attention (the
+two that take a prepared 4-D mask).  Anything else, a fake model, a ``*ForMaskedLM``, a causal
+or sliding-window model, is refused with a :class:`~dllm_strategies.errors.ModelError` that
+names the plugin and the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import attrs
+import torch
+
+from dllm_strategies.errors import ModelError
+
+MASK_READY_ATTENTION = ("sdpa", "eager")
+
+
+@attrs.frozen
+class CacheableModel:
+    """What the cache needs to know about a model that passed :func:`require_cacheable`.
+
+    Attributes:
+        config: the module's transformers config (for ``DynamicCache``).
+        additive_mask: True when attention adds the mask (``eager``): masks are built as 0 / -inf
+            floats instead of booleans.
+        shifted: the family's logits are shifted (Dream): position i scores token i+1.
+        dtype: the module's floating dtype.
+    """
+
+    config: Any
+    additive_mask: bool
+    shifted: bool
+    dtype: torch.dtype
+
+
+def _name(model: Any) -> str:
+    return repr(getattr(model, "name", "") or type(model).__name__)
+
+
+def _innermost(model: Any) -> Any:
+    """The model behind the wrappers that meter or record its calls (they keep it as ``.model``)."""
+    while getattr(model, "model", None) is not None and not isinstance(model, torch.nn.Module):
+        model = model.model
+    return model
+
+
+def require_cacheable(plugin: str, model: Any) -> CacheableModel:
+    """Check that ``plugin`` can keep a KV cache for ``model``; raise :class:`ModelError` otherwise."""
+    name = _name(model)
+    module = getattr(model, "module", None)
+    if not isinstance(module, torch.nn.Module) or getattr(module, "config", None) is None:
+        raise ModelError(
+            f"plugin {plugin!r} needs a transformers decoder whose forward takes past_key_values, but model "
+            f"{name} ({type(_innermost(model)).__name__}) has no such module; a KV cache works only "
+            f"with LLaDA, Dream or bidirectional *ForCausalLM models: drop {plugin!r} from the strategy for this model"
+        )
+    cls = type(module).__name__
+    parameters = inspect.signature(module.forward).parameters
+    takes_cache = "past_key_values" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "ForMaskedLM" in cls or not takes_cache:
+        raise ModelError(
+            f"plugin {plugin!r} cannot cache keys and values of model {name}: {cls}.forward takes no past_key_values "
+            f"(encoder models such as *ForMaskedLM have no KV cache); drop {plugin!r} from the strategy for this model"
+        )
+    config = module.config
+    if getattr(config, "is_causal", True) is not False:
+        raise ModelError(
+            f"plugin {plugin!r} needs a bidirectional model, but {cls} of model {name} is causal "
+            f"(config.is_causal is not False); load it as a diffusion model (is_causal=False) or drop {plugin!r}"
+        )
+    attention = getattr(config, "_attn_implementation", None) or "eager"
+    if attention not in MASK_READY_ATTENTION:
+        raise ModelError(
+            f"plugin {plugin!r} passes a prepared 4-D attention mask, which attention implementation "
+            f"{attention!r} of model {name} does not take; load the model with attn_implementation='sdpa' "
+            "(or 'eager')"
+        )
+    sliding = getattr(config, "use_sliding_window", False) or any(
+        kind != "full_attention" for kind in (getattr(config, "layer_types", None) or ()))
+    if sliding:
+        raise ModelError(
+            f"plugin {plugin!r} keeps every position's keys, but model {name} has sliding-window or non-attention "
+            f"layers (layer_types={getattr(config, 'layer_types', None)!r}); drop {plugin!r} for this model"
+        )
+    family = getattr(model, "family", None)
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    return CacheableModel(config=config, additive_mask=attention == "eager",
+                          shifted=bool(getattr(family, "shifted", False)), dtype=dtype)
