@@ -1,0 +1,333 @@
+"""``dllm-strategies bench``: run a matrix of strategy combinations on the held-out set and write
+the JSON results, a Markdown table, a Pareto plot, a (TPF, accuracy) plot and a trajectory picture.
+
+    dllm-strategies bench                                   # the default matrix at gen 64 and 256
+    dllm-strategies bench --strategy "threshold(tau=0.9)+eot" --strategy entropy_threshold --limit 100
+    dllm-strategies bench --sweep                           # each method over its main knob
+    dllm-strategies bench --sweep "threshold+eot@threshold.tau=0.7,0.8,0.9,0.95" --gen-lengths 64
+    dllm-strategies bench --matrix matrix.yaml --out results/
+
+Every model is loaded once; each (model, gen length) gets the LLaDA low-confidence one-token-per-
+step baseline, measured in the same run, that speedups are taken against.  Accuracy is the exact
+match of the ``#### N`` number, extracted as :mod:`dllm_strategies.arith.evaluate` does.  Costs are
+defined in :mod:`dllm_harness.metrics` (and ``docs/metrics.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from dllm_strategies import decode
+from dllm_strategies.arith.task import Problem, extract_answer, test_problems
+from dllm_strategies.errors import ConfigError, DllmError
+from dllm_harness import matrix, metrics
+
+DEFAULT_LIMIT = 40  # the first 40 held-out problems: the default matrix fits 30 minutes on 2 CPU cores
+DEFAULT_BATCH_SIZE = 32
+
+
+@attrs.frozen
+class ProblemRecord:
+    """One problem decoded by one entry."""
+
+    index: int
+    answer: int
+    predicted: int | None
+    correct: bool
+    nfe: int
+    steps: int
+    answer_tokens: int
+    seconds: float
+    text: str
+
+
+@attrs.frozen
+class Trajectory:
+    """Which response position got its token at which step, for one example.
+
+    Attributes:
+        index: the problem's index in the benchmark set.
+        commit_step: per position, the step that committed its final token (-1: filled by a cut).
+        tokens: the response tokens.
+        eot: per position, whether it holds an end-of-text / end-of-turn token.
+    """
+
+    index: int
+    commit_step: list[int]
+    tokens: list[int]
+    eot: list[bool]
+
+
+@attrs.frozen
+class EntryResult:
+    """An entry's records and derived metrics (speedup is filled in against the baseline)."""
+
+    entry: matrix.Entry
+    records: list[ProblemRecord]
+    trajectory: Trajectory | None
+    speedup: float | None = None
+
+    @property
+    def totals(self) -> metrics.CostTotals:
+        return metrics.CostTotals.of(
+            metrics.RequestCost(kind="bench", task=self.entry.display, doc_id=r.index, nfe=r.nfe, steps=r.steps,
+                                answer_tokens=r.answer_tokens, seconds=r.seconds) for r in self.records)
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * sum(r.correct for r in self.records) / len(self.records) if self.records else 0.0
+
+    @property
+    def task(self) -> tuple[str, int]:
+        """The benchmark task the entry is compared within: (model, gen length)."""
+        return self.entry.model, int(self.entry.gen_length)
+
+    def summary(self) -> dict[str, Any]:
+        e, t = self.entry, self.totals
+        return {"label": e.display, "method": e.method_name, "spec": e.spec, "model": e.model,
+                "gen_length": e.gen_length, "block_length": e.block_length, "steps": e.resolved_steps,
+                "knob": e.knob, "knob_value": e.knob_value, "baseline": e.baseline,
+                "problems": len(self.records), "correct": sum(r.correct for r in self.records),
+                "accuracy": self.accuracy, "mean_nfe": t.mean_nfe, "mean_steps": t.mean_steps, "tpf": t.tpf,
+                "tokens_per_second": t.tokens_per_second, "seconds": t.seconds, "answer_tokens": t.answer_tokens,
+                "speedup": self.speedup}
+
+
+def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, batch_size: int, seed: int,
+              chat: bool, example: int, progress: bool = True) -> EntryResult:
+    """Decode every problem with one entry's settings and record what it cost."""
+    stop_ids = (*model.eot_ids, model.fill_id)
+    records: list[ProblemRecord] = []
+    trajectory = None
+    batches = range(0, len(problems), batch_size)
+    for start in tqdm(batches, desc=entry.display, leave=False, disable=not progress, file=sys.stderr):
+        chunk = problems[start:start + batch_size]
+        with torch.inference_mode():
+            result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
+                            block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat)
+        answers = metrics.answer_lengths(result.tokens, stop_ids).tolist()
+        share = result.wall_time / len(chunk)
+        nfe, steps = result.nfe.tolist(), result.steps.tolist()
+        for row, problem in enumerate(chunk):
+            predicted = extract_answer(result.text[row])
+            records.append(ProblemRecord(index=start + row, answer=problem.answer, predicted=predicted,
+                                         correct=predicted == problem.answer, nfe=nfe[row], steps=steps[row],
+                                         answer_tokens=answers[row], seconds=share, text=result.text[row]))
+        if start <= example < start + len(chunk):
+            row = example - start
+            tokens = result.tokens[row]
+            is_eot = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
+            trajectory = Trajectory(index=example, commit_step=result.commit_step[row].tolist(),
+                                    tokens=tokens.tolist(), eot=is_eot.tolist())
+    return EntryResult(entry=entry, records=records, trajectory=trajectory)
+
+
+def _warm_up(model: Any, entry: matrix.Entry, problem: Problem, chat: bool) -> None:
+    """One untimed decode, so that lazy initialisation is not billed to the first entry."""
+    with torch.inference_mode():
+        decode(model, [problem.question], strategy=entry.spec, gen_length=entry.gen_length,
+               block_length=entry.block_length, steps=entry.resolved_steps, chat=chat)
+
+
+def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
+    """Each result with its speedup over the baseline of its (model, gen length)."""
+    base = {r.task: r.totals.seconds for r in results if r.entry.baseline}
+    out = []
+    for r in results:
+        seconds = r.totals.seconds
+        value = metrics.speedup(base[r.task], seconds) if r.task in base and seconds > 0 and base[r.task] > 0 else None
+        out.append(attrs.evolve(r, speedup=value))
+    return out
+
+
+def aup_table(results: Sequence[EntryResult]) -> list[dict[str, Any]]:
+    """AUP of every method with several (TPF, accuracy) points, per (model, gen length); y_max is the
+    best accuracy of any entry of that (model, gen length)."""
+    rows = []
+    tasks = dict.fromkeys(r.task for r in results)
+    for task in tasks:
+        here = [r for r in results if r.task == task]
+        y_max = max(r.accuracy for r in here)
+        methods: dict[str, list[EntryResult]] = {}
+        for r in here:
+            methods.setdefault(r.entry.method_name, []).append(r)
+        for method, members in methods.items():
+            points = [(r.totals.tpf, r.accuracy) for r in members if r.totals.tpf > 0]
+            if len(points) < 2:
+                continue
+            rows.append({"model": task[0], "gen_length": task[1], "method": method, "points": len(points),
+                         "aup": metrics.aup(points, y_max), "y_max": y_max})
+    return rows
+
+
+def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, batch_size: int = DEFAULT_BATCH_SIZE,
+              seed: int = 0, chat: bool = True, example: int = 0, device: str | None = None, dtype: str | None = None,
+              loader: Callable[[str], Any] | None = None, progress: bool = True) -> list[EntryResult]:
+    """Run every entry (entries must be expanded: :func:`dllm_harness.matrix.expand`); each model is
+    loaded once (``loader(name)``, default :func:`dllm_strategies.load_model`)."""
+    if not problems:
+        raise ConfigError("bench: no problems to decode")
+    if not 0 <= example < len(problems):
+        raise ConfigError(f"bench: --example {example} is outside the {len(problems)} benchmark problems")
+    if loader is None:
+        from dllm_strategies import load_model
+
+        def loader(name: str) -> Any:
+            return load_model(name, device=device, dtype=dtype)
+
+    results: list[EntryResult] = []
+    by_model: dict[str, list[matrix.Entry]] = {}
+    for entry in entries:
+        by_model.setdefault(entry.model, []).append(entry)
+    bar = tqdm(total=len(entries), desc="bench", disable=not progress, file=sys.stderr)
+    for name, members in by_model.items():
+        model = loader(name)
+        _warm_up(model, members[0], problems[0], chat)
+        for entry in members:
+            result = run_entry(model, entry, problems, batch_size=batch_size, seed=seed, chat=chat, example=example,
+                               progress=progress)
+            results.append(result)
+            t = result.totals
+            bar.write(f"{entry.display:<40} gen {entry.gen_length:<4} acc {result.accuracy:5.1f}%  "
+                      f"NFE {t.mean_nfe:6.1f}  TPF {t.tpf:5.2f}  {t.tokens_per_second:7.1f} tok/s")
+            bar.update(1)
+        del model
+    bar.close()
+    order = {id(e): i for i, e in enumerate(entries)}
+    results.sort(key=lambda r: order[id(r.entry)])
+    return with_speedups(results)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="model for entries that name none (default: default)")
+    p.add_argument("--strategy", action="append", default=None, metavar="SPEC",
+                   help="an entry (repeatable); with neither --strategy, --matrix nor --sweep the default matrix runs")
+    p.add_argument("--matrix", default=None, help="JSON or YAML file of entries (see dllm_harness.matrix)")
+    p.add_argument("--sweep", nargs="*", default=None, metavar="SPEC@KNOB=V1,V2",
+                   help="sweep mode: each value a sweep such as 'threshold@threshold.tau=0.7,0.8,0.9,0.95'; "
+                        "no value: the default sweeps (tokens per step, tau of threshold and entropy_threshold, "
+                        "gamma of eb_sampler)")
+    p.add_argument("--gen-lengths", default=",".join(map(str, matrix.DEFAULT_GEN_LENGTHS)),
+                   help="gen lengths for entries that name none (default: 64,256)")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="block length for entries that name none (default: the model's recommended, else 32)")
+    p.add_argument("--steps", type=int, default=None, help="steps for --strategy entries (default: gen length)")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                   help=f"decode the first N held-out problems (default {DEFAULT_LIMIT}; 0: all 500)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--example", type=int, default=0, help="problem whose trajectory is drawn (default 0)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap questions in the chat template")
+    p.add_argument("--out", default="bench-results", help="output directory (default: bench-results)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _gen_lengths(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--gen-lengths {text!r}: expected comma-separated integers, e.g. 64,256") from exc
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"--gen-lengths {text!r}: expected positive integers, e.g. 64,256")
+    return values
+
+
+def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], list[tuple[matrix.Entry, str]]]:
+    """The run's expanded entries and the default ones skipped (plugin not installed)."""
+    from dllm_strategies.registry import installed_models
+
+    defaults = {"model": args.model}
+    chosen: list[matrix.Entry] = []
+    skipped: list[tuple[matrix.Entry, str]] = []
+    if args.matrix:
+        chosen += matrix.read_matrix(args.matrix, **defaults)
+    for spec in args.strategy or ():
+        chosen.append(matrix.Entry(spec=spec, steps=args.steps, **defaults))
+    if args.sweep is not None:
+        if args.sweep:
+            for text in args.sweep:
+                chosen += matrix.parse_sweep(text, **defaults)
+        else:
+            swept = [e for text in matrix.DEFAULT_SWEEPS for e in matrix.parse_sweep(text, **defaults)]
+            kept, skipped = matrix.installed(swept, optional=True)
+            chosen += kept
+    if not chosen:
+        kept, skipped = matrix.installed([matrix.Entry(spec=m.pop("spec"), **defaults, **m)
+                                          for m in map(dict, matrix.DEFAULT_MATRIX)], optional=True)
+        chosen = kept
+    chosen, _ = matrix.installed(chosen, optional=False)
+    recommended = {name: (installed_models().get(name) or {}).get("block_length") for name in {e.model for e in chosen}}
+    expanded = matrix.expand(chosen, _gen_lengths(args.gen_lengths), block_length=args.block_length,
+                             block_lengths=recommended)
+    return expanded, skipped
+
+
+def command(args: argparse.Namespace) -> int:
+    """The ``bench`` command."""
+    from dllm_harness import plots, report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.limit < 0:
+        raise ConfigError(f"--limit must be >= 0 (0: all problems), got {args.limit}")
+    entries, skipped = entries_from_args(args)
+    for entry, reason in skipped:
+        print(f"skipped {entry.display!r}: {reason}", file=sys.stderr)
+    problems = test_problems()
+    problems = problems[:args.limit] if args.limit else problems
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = run_bench(entries, problems, batch_size=args.batch_size, seed=args.seed, chat=args.chat,
+                        example=args.example, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    meta = {"command": " ".join(sys.argv), "problems": len(problems), "limit": args.limit or None,
+            "problem_set": "first {} of dllm_strategies/arith/data/test.jsonl".format(len(problems)),
+            "seed": args.seed, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "wall_seconds": time.time() - started,
+            "skipped": [{"entry": e.display, "reason": r} for e, r in skipped]}
+    aups = aup_table(results)
+    paths = report.write(out, results, aups, meta)
+    problem = problems[args.example]
+    paths["pareto"] = plots.pareto(results, out / "pareto.png")
+    paths["tpf"] = plots.tpf_curves(results, aups, out / "tpf_accuracy.png")
+    paths["trajectory"] = plots.trajectory(results, out / "trajectory.png", problem.question)
+    print(report.markdown(results, aups, meta))
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dllm_harness.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return command(build_parser().parse_args(argv))
+    except DllmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

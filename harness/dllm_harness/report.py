@@ -1,0 +1,58 @@
+"""Benchmark results as JSON and as a Markdown table (metrics as :mod:`dllm_harness.metrics` defines)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+COLUMNS = ("model", "gen", "block", "strategy", "steps", "accuracy %", "mean NFE", "TPF", "tokens/s", "speedup")
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The results table, then the AUP of each method with several points."""
+    lines = [f"Benchmark on {meta['problem_set']} (seed {meta['seed']}, batch {meta['batch_size']}, "
+             f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in results:
+        s = r.summary()
+        name = f"**{s['label']}**" if s["baseline"] else s["label"]
+        speed = "1.00x (baseline)" if s["baseline"] else (f"{s['speedup']:.2f}x" if s["speedup"] else "-")
+        cells = [s["model"], str(s["gen_length"]), str(s["block_length"]), name, str(s["steps"]),
+                 _number(s["accuracy"], 1), _number(s["mean_nfe"], 1), _number(s["tpf"], 2),
+                 _number(s["tokens_per_second"], 1), speed]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if aups:
+        lines += ["", "AUP (area under the (TPF, accuracy) curve; methods with several points):", "",
+                  "| model | gen | method | points | AUP | y_max % |", "|---|---|---|---|---|---|"]
+        for row in aups:
+            lines.append(f"| {row['model']} | {row['gen_length']} | {row['method']} | {row['points']} | "
+                         f"{row['aup']:.2f} | {row['y_max']:.1f} |")
+    if meta.get("skipped"):
+        lines += ["", "Skipped default entries: " + "; ".join(f"{s['entry']} ({s['reason']})" for s in meta["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything: settings, per-entry summaries, per-problem records and trajectories, AUP rows."""
+    return {
+        "meta": meta,
+        "entries": [{**r.summary(), "records": [attrs.asdict(x) for x in r.records],
+                     "trajectory": attrs.asdict(r.trajectory) if r.trajectory else None} for r in results],
+        "aup": list(aups),
+    }
+
+
+def write(out: Path, results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out``."""
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(to_json(results, aups, meta), indent=1))
+    paths["markdown"].write_text(markdown(results, aups, meta))
+    return paths
