@@ -44,6 +44,8 @@ from dllm_strategies.models.families import LLADA
 from dllm_strategies.registry import build_strategy
 from dllm_strategies.testing.reference import llada_reference
 
+from dllm_harness import metrics
+
 BASES = {"baseline": None, "threshold(tau=0.9)": "threshold(tau=0.9)",
          "entropy_threshold(tau=0.5)": "entropy_threshold(tau=0.5)"}
 CACHES = ("", "prefix_cache", "dual_cache")
@@ -182,8 +184,10 @@ def measure(model: DiffusionModel, prompts: list[list[int]], label: str, spec: s
     nfe_row = float(result.nfe.double().mean())
     return {
         "strategy": label, "spec": spec or "", "gen_length": gen_length, "batch": batch, "block_length": block,
-        "steps": steps, "seconds": seconds, "tokens_per_second": batch * gen_length / seconds,
-        "nfe": result.forwards, "nfe_per_row": nfe_row, "tokens_per_forward": gen_length / nfe_row,
+        # random weights write no end-of-text: every response position is an answer token
+        "steps": steps, "seconds": seconds, "tokens_per_second": metrics.tokens_per_second(batch * gen_length, seconds),
+        "nfe": result.forwards, "nfe_per_row": nfe_row,
+        "tokens_per_forward": metrics.tokens_per_forward(batch * gen_length, int(result.nfe.sum())),
         "positions": result.positions, "positions_per_forward": result.positions / result.forwards,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "repeats": args.repeats,
@@ -241,7 +245,9 @@ def markdown(report: dict) -> str:
         "",
         f"Prompt length {report['settings']['prompt_length']} (ragged: row i is 3i shorter), block length "
         f"{report['settings']['block_length']}, {report['settings']['tokens_per_step']} token(s) per step for the "
-        "baseline. tokens/s = batch x gen length / wall seconds; NFE = forwards of the batch (cache refreshes "
+        "baseline. Metrics as docs/metrics.md defines them, with every response position an answer token "
+        "(random weights write no end-of-text): tokens/s = batch x gen length / wall seconds; NFE = forwards of "
+        "the batch (cache refreshes "
         "included); positions = token positions the model processed; speedup = baseline seconds / seconds at "
         "the same gen length and batch.",
         "",

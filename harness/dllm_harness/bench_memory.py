@@ -3,8 +3,10 @@
 Decodes a batch at a long gen length (1024 by default) with a random bidirectional Llama,
 stepping the run by hand (:class:`dllm_strategies.decode.Run`) and sampling the process's
 resident memory (RSS) after every step.  Reports RSS at the start, the peak, RSS after each
-repeated run, and the least-squares growth of RSS per step over the last run: a loop that
-kept per-step tensors alive would show a growth of about the state size per step.
+repeated run, RSS after the first and the last step of the last run, and the least-squares
+growth of RSS per step over the second half of the last run (the first steps warm the
+allocator up): a loop that kept per-step tensors alive would grow by about the state size
+per step, and RSS after each run would climb.
 
     python -m dllm_harness.bench_memory [--batch 32] [--gen-length 1024] [--spec "topk(k=8)"] [--json out.json]
 """
@@ -79,7 +81,9 @@ def measure(batch: int = 32, gen_length: int = 1024, block_length: int = 32, hid
         "model": f"{layers} layers, d={hidden}", "steps": steps, "repeats": repeats,
         "start_rss_mb": round(start, 1), "peak_rss_mb": round(peak, 1),
         "rss_per_run_mb": [round(r, 1) for r in per_run],
-        "rss_growth_per_step_kb": round(1024 * _slope(trace), 2),
+        "rss_after_first_step_mb": round(trace[0], 1), "rss_after_last_step_mb": round(trace[-1], 1),
+        # steady state: the second half of the last run (the first steps warm the allocator up)
+        "rss_growth_per_step_kb": round(1024 * _slope(trace[len(trace) // 2:]), 2),
         "state_size_kb": round(state_bytes / 1024, 1),
     }
 
