@@ -123,3 +123,13 @@ def test_plugin_that_remasks_the_prompt_fails_readably(third_party):
 def test_plugin_that_commits_nothing_fails_readably(third_party):
     with pytest.raises(InvariantViolation, match="plugin 'lazy' committed nothing in live row 0 at step 0"):
         check_strategy_property("lazy", max_examples=5)
+
+
+def test_checked_run_keeps_every_step_for_rule_checks():
+    from dllm_strategies.testing import FakeModel, ScriptedLogits, checked_run
+
+    model = FakeModel(logits_fn=ScriptedLogits(24), vocab_size=24)
+    run = checked_run("threshold(tau=0.2)", model, [[3, 4], [5]], gen_length=8, block_length=4)
+    assert len(run.records) == int(run.result.steps.max()) == run.state.step
+    assert sum(int(r.commit.mask.sum()) for r in run.records) == 2 * 8  # every position committed once
+    assert all(bool((r.plan.window_start % 4 == 0).all()) for r in run.records)

@@ -4,11 +4,12 @@ machine.  See docs/testing-a-plugin.md."""
 
 from dllm_strategies.testing.fakes import FakeModel, RecordingModel, ScriptedLogits
 from dllm_strategies.testing.invariants import (
-    InvariantViolation, check_strategy, check_strategy_property, checked_decode, decode_shapes, decoder_machine,
-    fake_models, logit_tables,
+    CheckedRun, InvariantViolation, check_strategy, check_strategy_property, checked_decode, checked_run,
+    decode_shapes, decoder_machine, fake_models, logit_tables,
 )
 
 __all__ = [
-    "FakeModel", "InvariantViolation", "RecordingModel", "ScriptedLogits", "check_strategy", "check_strategy_property",
-    "checked_decode", "decode_shapes", "decoder_machine", "fake_models", "logit_tables",
+    "CheckedRun", "FakeModel", "InvariantViolation", "RecordingModel", "ScriptedLogits", "check_strategy",
+    "check_strategy_property", "checked_decode", "checked_run", "decode_shapes", "decoder_machine", "fake_models",
+    "logit_tables",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -172,9 +173,27 @@ def _fresh(model: Any) -> RecordingModel:
     return RecordingModel(model.model if isinstance(model, RecordingModel) else model)
 
 
-def checked_decode(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
-                   steps: int | None = None, seed: int = 0, reference: torch.Tensor | None = None) -> DecodeResult:
-    """Decode with every per-step and per-run check (``reference``: (B, gen_length) for oracles)."""
+@attrs.frozen
+class CheckedRun:
+    """A decode run that passed every check, with what it did at each step.
+
+    Attributes:
+        strategy: the run's strategy.
+        records: one :class:`~dllm_strategies.decode.StepRecord` per step.
+        result: the run's result.
+        state: the whole batch's final state (``state.config``, ``state.live_length``...).
+    """
+
+    strategy: Strategy
+    records: list[StepRecord]
+    result: DecodeResult
+    state: DecodeState
+
+
+def checked_run(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                steps: int | None = None, seed: int = 0, reference: torch.Tensor | None = None) -> CheckedRun:
+    """Decode step by step with every per-step and per-run check (``reference``: (B, gen_length)
+    for oracles), keeping the step records for checks of a plugin's own rule."""
     model = _fresh(model)
     strategy = build_strategy(spec)
     ids, mask = encode_prompts(model, prompts)
@@ -183,11 +202,20 @@ def checked_decode(spec: Any, model: Any, prompts: list[list[int]], *, gen_lengt
     state = DecodeState.start(ids, mask, config, reference=reference)
     prompt = state.prompt.clone()
     run = Run.begin(strategy, model, state)
+    records = []
     while not run.done:
-        check_step(strategy, run.step(), prompt)
+        records.append(run.step())
+        check_step(strategy, records[-1], prompt)
     result = run.result()
     check_result(strategy, result, model, config)
-    return result
+    return CheckedRun(strategy=strategy, records=records, result=result, state=run.state)
+
+
+def checked_decode(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
+                   steps: int | None = None, seed: int = 0, reference: torch.Tensor | None = None) -> DecodeResult:
+    """Decode with every per-step and per-run check; the result (see :func:`checked_run`)."""
+    return checked_run(spec, model, prompts, gen_length=gen_length, block_length=block_length, steps=steps,
+                       seed=seed, reference=reference).result
 
 
 def check_strategy(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: int, block_length: int,
