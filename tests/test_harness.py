@@ -475,6 +475,43 @@ def test_bench_writes_the_table_json_and_pictures(checkpoint, tmp_path, capsys):
     assert "| model | gen |" in capsys.readouterr().out
 
 
+def test_bench_resume_reuses_finished_entries_and_refuses_other_settings(checkpoint, tmp_path, capsys, monkeypatch):
+    import dllm_strategies
+    from dllm_harness.bench import main
+
+    out = tmp_path / "bench"
+    common = ["--model", str(checkpoint), "--gen-lengths", "16", "--block-length", "8", "--limit", "2",
+              "--batch-size", "2", "--out", str(out), "--quiet"]
+    assert main([*common, "--strategy", "threshold(tau=0.9)"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 3  # settings + baseline + threshold
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a resumed run with every entry journaled must not load the model")
+
+    monkeypatch.setattr(dllm_strategies, "load_model", no_loading)
+    capsys.readouterr()
+    assert main([*common, "--strategy", "threshold(tau=0.9)", "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [e["records"] for e in again["entries"]] == [e["records"] for e in first["entries"]]
+    assert "2 finished entries" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # a new entry on resume: only it is decoded; the report names both processes
+    assert main([*common, "--strategy", "threshold(tau=0.9)", "--strategy", "entropy_threshold", "--resume"]) == 0
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and len({json.loads(x)["process"] for x in lines[1:]}) == 2
+    assert "Resumed run" in (out / "results.md").read_text()
+
+    # other settings are refused with what differs
+    other = [x if x != "2" else "1" for x in common]  # --limit 1 --batch-size 1
+    assert main([*other, "--strategy", "threshold(tau=0.9)", "--resume"]) == 2
+    assert "batch_size, problems differ" in capsys.readouterr().err
+    # without --resume the run starts again
+    assert main([*common, "--strategy", "threshold(tau=0.9)"]) == 0
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 3
+
+
 def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):
     from dllm_harness.bench import main
 

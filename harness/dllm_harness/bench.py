@@ -31,6 +31,7 @@ from dllm_strategies import decode
 from dllm_strategies.arith.task import Problem, extract_answer, test_problems
 from dllm_strategies.errors import ConfigError, DllmError
 from dllm_harness import matrix, metrics
+from dllm_harness.journal import Journal, model_fingerprint
 
 DEFAULT_LIMIT = 40  # the first 40 held-out problems: the default matrix fits 30 minutes on 2 CPU cores
 DEFAULT_BATCH_SIZE = 32
@@ -132,6 +133,12 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
     return EntryResult(entry=entry, records=records, trajectory=trajectory)
 
 
+def _from_journal(entry: matrix.Entry, row: dict[str, Any]) -> EntryResult:
+    trajectory = row["trajectory"]
+    return EntryResult(entry=entry, records=[ProblemRecord(**r) for r in row["records"]],
+                       trajectory=Trajectory(**trajectory) if trajectory is not None else None)
+
+
 def _warm_up(model: Any, entry: matrix.Entry, problem: Problem, chat: bool) -> None:
     """One untimed decode, so that lazy initialisation is not billed to the first entry."""
     with torch.inference_mode():
@@ -172,9 +179,12 @@ def aup_table(results: Sequence[EntryResult]) -> list[dict[str, Any]]:
 
 def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, batch_size: int = DEFAULT_BATCH_SIZE,
               seed: int = 0, chat: bool = True, example: int = 0, device: str | None = None, dtype: str | None = None,
-              loader: Callable[[str], Any] | None = None, progress: bool = True) -> list[EntryResult]:
+              loader: Callable[[str], Any] | None = None, progress: bool = True,
+              journal: Journal | None = None) -> list[EntryResult]:
     """Run every entry (entries must be expanded: :func:`dllm_harness.matrix.expand`); each model is
-    loaded once (``loader(name)``, default :func:`dllm_strategies.load_model`)."""
+    loaded once (``loader(name)``, default :func:`dllm_strategies.load_model`).  With a ``journal``,
+    each finished entry is written to it at once, and entries it already holds are read back
+    instead of decoded again (a model whose entries are all there is not loaded)."""
     if not problems:
         raise ConfigError("bench: no problems to decode")
     if not 0 <= example < len(problems):
@@ -191,15 +201,24 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, b
         by_model.setdefault(entry.model, []).append(entry)
     bar = tqdm(total=len(entries), desc="bench", disable=not progress, file=sys.stderr)
     for name, members in by_model.items():
-        model = loader(name)
-        _warm_up(model, members[0], problems[0], chat)
+        model = None
         for entry in members:
-            result = run_entry(model, entry, problems, batch_size=batch_size, seed=seed, chat=chat, example=example,
-                               progress=progress)
+            saved = journal.find(entry) if journal is not None else None
+            if saved is not None:
+                result = _from_journal(entry, saved)
+            else:
+                if model is None:
+                    model = loader(name)
+                    _warm_up(model, members[0], problems[0], chat)
+                result = run_entry(model, entry, problems, batch_size=batch_size, seed=seed, chat=chat,
+                                   example=example, progress=progress)
+                if journal is not None:
+                    journal.add(entry, result.records, result.trajectory)
             results.append(result)
             t = result.totals
             bar.write(f"{entry.display:<40} gen {entry.gen_length:<4} acc {result.accuracy:5.1f}%  "
-                      f"NFE {t.mean_nfe:6.1f}  TPF {t.tpf:5.2f}  {t.tokens_per_second:7.1f} tok/s")
+                      f"NFE {t.mean_nfe:6.1f}  TPF {t.tpf:5.2f}  {t.tokens_per_second:7.1f} tok/s"
+                      + ("  (from the journal)" if saved is not None else ""))
             bar.update(1)
         del model
     bar.close()
@@ -236,6 +255,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap questions in the chat template")
     p.add_argument("--out", default="bench-results", help="output directory (default: bench-results)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: entries in its journal.jsonl are not decoded again "
+                        "(same settings required)")
 
 
 def _gen_lengths(text: str) -> list[int]:
@@ -293,14 +315,22 @@ def command(args: argparse.Namespace) -> int:
     problems = problems[:args.limit] if args.limit else problems
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"problems": len(problems), "seed": args.seed, "batch_size": args.batch_size, "chat": args.chat,
+                "example": args.example, "device": args.device, "dtype": args.dtype,
+                "torch_threads": torch.get_num_threads(),
+                "models": {name: model_fingerprint(name) for name in sorted({e.model for e in entries})}}
+    journal = Journal.open(out, settings, resume=args.resume)
+    if args.resume and journal.done:
+        print(f"resuming {out}: {len(journal.done)} finished entries in its journal", file=sys.stderr)
     started = time.time()
     results = run_bench(entries, problems, batch_size=args.batch_size, seed=args.seed, chat=args.chat,
-                        example=args.example, device=args.device, dtype=args.dtype, progress=not args.quiet)
+                        example=args.example, device=args.device, dtype=args.dtype, progress=not args.quiet,
+                        journal=journal)
     meta = {"command": " ".join(sys.argv), "problems": len(problems), "limit": args.limit or None,
             "problem_set": "first {} of dllm_strategies/arith/data/test.jsonl".format(len(problems)),
             "seed": args.seed, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "wall_seconds": time.time() - started,
+            "wall_seconds": time.time() - started, "processes": list(journal.processes()),
             "skipped": [{"entry": e.display, "reason": r} for e, r in skipped]}
     aups = aup_table(results)
     paths = report.write(out, results, aups, meta)

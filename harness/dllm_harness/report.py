@@ -35,6 +35,9 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
         for row in aups:
             lines.append(f"| {row['model']} | {row['gen_length']} | {row['method']} | {row['points']} | "
                          f"{row['aup']:.2f} | {row['y_max']:.1f} |")
+    if len(meta.get("processes") or ()) > 1:
+        lines += ["", f"Resumed run: entries were measured by {len(meta['processes'])} processes "
+                      f"({', '.join(meta['processes'])}); see journal.jsonl for which measured what."]
     if meta.get("skipped"):
         lines += ["", "Skipped default entries: " + "; ".join(f"{s['entry']} ({s['reason']})" for s in meta["skipped"])]
     return "\n".join(lines) + "\n"
