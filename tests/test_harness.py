@@ -424,6 +424,25 @@ def test_matrix_expansion_adds_one_baseline_per_model_and_gen_length():
     assert all(e.block_length <= e.gen_length for e in out)
 
 
+def test_one_baseline_model_serves_every_model_of_the_run():
+    from dllm_harness.bench import EntryResult, ProblemRecord, with_speedups
+
+    entries = [matrix.Entry(spec="threshold(tau=0.9)", model="teacher"),
+               matrix.Entry(spec="entropy_threshold", model="student")]
+    out = matrix.expand(entries, [16, 64], block_length=16, baseline_model="teacher")
+    assert [(e.model, e.gen_length) for e in out if e.baseline] == [("teacher", 16), ("teacher", 64)]
+    assert out[0].baseline and out[0].model == "teacher"  # the baseline model comes first
+
+    def result(entry, seconds):
+        record = ProblemRecord(index=0, answer=1, predicted=1, correct=True, nfe=4, steps=4, answer_tokens=8,
+                               seconds=seconds, text="")
+        return EntryResult(entry=entry, records=[record], trajectory=None)
+
+    timed = with_speedups([result(e, 8.0 if e.baseline else 2.0) for e in out])
+    assert {(r.entry.model, r.entry.gen_length): r.speedup for r in timed if not r.entry.baseline} == {
+        ("teacher", 16): 4.0, ("teacher", 64): 4.0, ("student", 16): 4.0, ("student", 64): 4.0}
+
+
 def test_sweeps_set_the_knob_and_name_the_method():
     entries = matrix.parse_sweep("threshold(tau=0.9)+eot@threshold.tau=0.7,0.95")
     assert [e.spec for e in entries] == ["threshold(tau=0.7)+eot", "threshold(tau=0.95)+eot"]

@@ -147,12 +147,19 @@ def _warm_up(model: Any, entry: matrix.Entry, problem: Problem, chat: bool) -> N
 
 
 def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
-    """Each result with its speedup over the baseline of its (model, gen length)."""
-    base = {r.task: r.totals.seconds for r in results if r.entry.baseline}
+    """Each result with its speedup over the baseline of its (model, gen length), or of its gen
+    length when the run has one baseline model for all (``--baseline-model``)."""
+    baselines = [r for r in results if r.entry.baseline]
+    shared = len({r.entry.model for r in baselines}) == 1 and len({r.entry.model for r in results}) > 1
+
+    def task(r: EntryResult) -> tuple[str, int] | int:
+        return r.task[1] if shared else r.task
+
+    base = {task(r): r.totals.seconds for r in baselines}
     out = []
     for r in results:
-        seconds = r.totals.seconds
-        value = metrics.speedup(base[r.task], seconds) if r.task in base and seconds > 0 and base[r.task] > 0 else None
+        seconds, b = r.totals.seconds, base.get(task(r))
+        value = metrics.speedup(b, seconds) if b and seconds > 0 else None
         out.append(attrs.evolve(r, speedup=value))
     return out
 
@@ -241,6 +248,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "gamma of eb_sampler)")
     p.add_argument("--gen-lengths", default=",".join(map(str, matrix.DEFAULT_GEN_LENGTHS)),
                    help="gen lengths for entries that name none (default: 64,256)")
+    p.add_argument("--baseline-model", default=None, metavar="MODEL",
+                   help="measure one baseline per gen length, on this model, and take every model's speedup "
+                        "against it (e.g. a distilled model against its teacher); default: one per model")
     p.add_argument("--block-length", type=int, default=None,
                    help="block length for entries that name none (default: the model's recommended, else 32)")
     p.add_argument("--steps", type=int, default=None, help="steps for --strategy entries (default: gen length)")
@@ -294,9 +304,10 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], lis
                                           for m in map(dict, matrix.DEFAULT_MATRIX)], optional=True)
         chosen = kept
     chosen, _ = matrix.installed(chosen, optional=False)
-    recommended = {name: (installed_models().get(name) or {}).get("block_length") for name in {e.model for e in chosen}}
+    names = {e.model for e in chosen} | ({args.baseline_model} if args.baseline_model else set())
+    recommended = {name: (installed_models().get(name) or {}).get("block_length") for name in names}
     expanded = matrix.expand(chosen, _gen_lengths(args.gen_lengths), block_length=args.block_length,
-                             block_lengths=recommended)
+                             block_lengths=recommended, baseline_model=args.baseline_model)
     return expanded, skipped
 
 

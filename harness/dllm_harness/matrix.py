@@ -39,12 +39,19 @@ DEFAULT_MATRIX: tuple[dict[str, Any], ...] = (
     {"spec": "threshold(tau=0.9)+dual_cache"},
 )
 
-# The default sweeps: each method over its main knob.
+# The default sweeps: each first-party parallel rule over its main knob (kept when installed).
+# Prophet watches the answer after the shipped task's own marker (docs/second-wave.md).
 DEFAULT_SWEEPS: tuple[str, ...] = (
     "@tokens_per_step=1,2,4,8",
     "threshold@threshold.tau=0.7,0.8,0.9,0.95",
     "entropy_threshold@entropy_threshold.tau=0.25,0.5,1.0,2.0",
+    "learned_filter@learned_filter.threshold=0.8,0.9,0.96,0.99",
     "eb_sampler@eb_sampler.gamma=0.001,0.01,0.1,1.0",
+    "wino@wino.draft=0.5,0.6,0.7,0.8",
+    'prophet(marker="####")@prophet.early=2.5,5,7.5,10',
+    "credit@credit.tau=0.7,0.8,0.9,0.95",
+    "local_leap@local_leap.tau=0.8,0.85,0.9,0.95",
+    "klass@klass.kl=0.005,0.015,0.05,0.15",
 )
 
 
@@ -229,11 +236,12 @@ def installed(entries: Iterable[Entry], *, optional: bool) -> tuple[list[Entry],
 
 
 def expand(entries: Sequence[Entry], gen_lengths: Sequence[int], *, block_length: int | None = None,
-           block_lengths: dict[str, int | None] | None = None) -> list[Entry]:
+           block_lengths: dict[str, int | None] | None = None, baseline_model: str | None = None) -> list[Entry]:
     """Give every entry a gen length (one copy per gen length of the run when it has none) and a
     block length (the entry's, else ``block_length``, else the model's recommended one from
     ``block_lengths``, else 32, capped at the gen length); add a baseline per (model, gen length)
-    unless one is there; drop duplicates."""
+    unless one is there (only for ``baseline_model`` when given: every model is then compared with
+    that model's baseline, e.g. a distilled model with its teacher); drop duplicates."""
     block_lengths = block_lengths or {}
     out: list[Entry] = []
     for entry in entries:
@@ -242,7 +250,10 @@ def expand(entries: Sequence[Entry], gen_lengths: Sequence[int], *, block_length
             B = entry.block_length or block_length or block_lengths.get(entry.model) or DEFAULT_BLOCK_LENGTH
             out.append(attrs.evolve(entry, gen_length=G, block_length=min(B, G)))
     models = list(dict.fromkeys(e.model for e in out))
-    for model, G in dict.fromkeys((e.model, e.gen_length) for e in out):
+    if baseline_model is not None and baseline_model not in models:
+        models.insert(0, baseline_model)
+    tasks = dict.fromkeys((baseline_model if baseline_model is not None else e.model, e.gen_length) for e in out)
+    for model, G in tasks:
         same = [i for i, e in enumerate(out) if e.model == model and e.gen_length == G and e.is_baseline_config]
         if same:
             out[same[0]] = attrs.evolve(out[same[0]], baseline=True)
