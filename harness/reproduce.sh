@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Remake every shipped asset and every figure of BENCHMARKS.md, in order, on CPU:
+#
+#   bash harness/reproduce.sh model      # train the default model (resumable) and ship it
+#   bash harness/reproduce.sh filter     # Learn2PD filter of the default model
+#   bash harness/reproduce.sh distill    # dParallel distillation of the default model
+#   bash harness/reproduce.sh bench      # issue 3's table, then the gen-256 run of every method
+#   bash harness/reproduce.sh all
+#
+# Every step resumes where it stopped when run again (training checkpoints, bench journals).
+# Work directories live under runs/ (ignored by git); shipped files are written in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-runs}
+DLLM=${DLLM:-dllm-strategies}
+
+model() {
+    local train=("$DLLM" train --output "$RUNS/default" --steps 6000 --threads "$THREADS"
+                 --eval-every 500 --save-every 100 --eval-problems 128)
+    "${train[@]}"
+    "${train[@]}" --export
+    find "$RUNS/default" -maxdepth 1 -type f -exec cp {} dllm_strategies/assets/default/ \;
+}
+
+filter() {
+    "$DLLM" train-filter --model default --threads "$THREADS" \
+        --output plugins/dllm_learn2pd/assets/filter-default.safetensors
+}
+
+distill() {
+    [ -f "$RUNS/dparallel/trajectories/trajectories.json" ] ||
+        "$DLLM" distill trajectories --teacher default --output "$RUNS/dparallel/trajectories" \
+            --problems 4096 --seed 1 --threads "$THREADS"
+    "$DLLM" distill train --data "$RUNS/dparallel/trajectories" \
+        --output plugins/dllm_certainty_forcing/assets/default-dparallel --work-dir "$RUNS/dparallel/work" \
+        --epochs 6 --batch-size 64 --lr 1e-4 --eval-every 50 --threads "$THREADS"
+}
+
+bench() {
+    "$DLLM" bench --matrix harness/matrices/default-model.yaml --limit 0 --batch-size 100 \
+        --threads "$THREADS" --out "$RUNS/bench-default-model" --resume
+    "$DLLM" bench --matrix harness/matrices/parallel-256.yaml --gen-lengths 256 --limit 0 \
+        --baseline-model default --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-parallel-256" --resume
+}
+
+case "${1:-}" in
+    model|filter|distill|bench) "$1" ;;
+    all) model; filter; distill; bench ;;
+    *) echo "usage: bash harness/reproduce.sh model|filter|distill|bench|all" >&2; exit 2 ;;
+esac
