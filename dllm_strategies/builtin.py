@@ -43,6 +43,9 @@ def dllm_commands(subparsers) -> None:
     p.add_argument("--forms", type=int, default=2, choices=(0, 1, 2))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (a directory written by train) instead of a random "
+                        "initialisation: a further stage with its own schedule")
     p.add_argument("--export", action="store_true",
                    help="do not train: write the run's latest checkpoint (OUTPUT/work) as a standard checkpoint "
                         "in OUTPUT (same options as the run)")
@@ -68,9 +71,18 @@ def _train(args: argparse.Namespace) -> int:
     )
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)
+    if args.init_from is not None and not Path(args.init_from).is_dir():
+        from dllm_strategies.registry import installed_models
+
+        registered = installed_models().get(args.init_from)
+        if registered is None:
+            from dllm_strategies.errors import ConfigError
+
+            raise ConfigError(f"--init-from {args.init_from!r}: neither a checkpoint directory nor a registered model")
+        args.init_from = str(registered["path"])
     if args.export:
         step = export_checkpoint(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape,
-                                 config=config)
+                                 config=config, init_from=args.init_from)
         print(f"exported step {step} of {config.steps} to {args.output}")
         return 0
     held_out = list(task.generate(args.eval_problems, seed=args.seed + 99, difficulty=difficulty,
@@ -91,6 +103,6 @@ def _train(args: argparse.Namespace) -> int:
 
     train_default(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape, config=config,
                   evaluate=evaluate if args.eval_problems else None, progress=not args.quiet,
-                  log=lambda r: print(json.dumps(r), flush=True))
+                  log=lambda r: print(json.dumps(r), flush=True), init_from=args.init_from)
     print(f"saved {args.output}")
     return 0

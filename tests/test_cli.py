@@ -81,3 +81,20 @@ def test_train_command_smoke_and_export_of_an_unfinished_run(tmp_path, capsys):
     result = decode(model, ["Tom has 3 apples ."], gen_length=8, block_length=8, chat=True)
     assert not (result.tokens == model.mask_id).any()
     assert main(["train", "--output", str(tmp_path / "none"), "--steps", "4", "--export", *MICRO]) != 0
+
+
+def test_train_a_further_stage_from_a_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--output", str(first), "--steps", "2", *MICRO]) == 0
+    # zero steps of a new stage: its weights are exactly the first stage's
+    assert main(["train", "--output", str(second), "--steps", "1", "--lr", "0", "--init-from", str(first), *MICRO]) == 0
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    facts = json.loads((second / "training.json").read_text())
+    assert facts["init_from"]["path"] == str(first) and facts["init_from"]["training"]["step"] == 2
+    assert main(["train", "--output", str(tmp_path / "x"), "--steps", "1", "--init-from", str(tmp_path), *MICRO]) == 2
+    assert main(["train", "--output", str(tmp_path / "y"), "--steps", "1", "--hidden-size", "32",
+                 "--init-from", str(first), *MICRO[:4], *MICRO[6:]]) == 2

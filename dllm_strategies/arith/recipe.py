@@ -62,8 +62,13 @@ def encode(problems, tok) -> list[tuple[list[int], list[int]]]:
 def train_default(output_dir: str | Path, *, train_size: int = 400_000, validation_size: int = 256,
                   difficulty: task.Difficulty = task.Difficulty(), shape: ModelShape = ModelShape(),
                   config: sft.TrainConfig = sft.TrainConfig(), evaluate=None, progress: bool = True,
-                  log=None):
-    """Train the default model into ``output_dir`` (resumable; see :func:`sft.train`)."""
+                  log=None, init_from: str | Path | None = None):
+    """Train the default model into ``output_dir`` (resumable; see :func:`sft.train`).
+
+    ``init_from``: a checkpoint of this recipe (a directory with ``model.safetensors``) whose
+    weights start the run instead of a random initialisation: a further training stage with a
+    schedule of its own.  Its ``training.json`` is kept in this run's as ``init_from``.
+    """
     from transformers import LlamaForCausalLM
 
     output_dir = Path(output_dir)
@@ -71,29 +76,50 @@ def train_default(output_dir: str | Path, *, train_size: int = 400_000, validati
     tok = arith_tokenizer.build_tokenizer()
     splits = task.make_splits(train_size, validation_size, seed=config.seed, difficulty=difficulty)
     model = LlamaForCausalLM(model_config(tok, shape))
+    previous = _initialise(model, Path(init_from)) if init_from is not None else None
     records = sft.train(
         model, encode(splits["train"], tok), encode(splits["validation"], tok),
         mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, fill_id=tok.eos_token_id,
         output_dir=output_dir / "work", config=config, evaluate=evaluate, progress=progress, log=log,
     )
     _save(output_dir, model, tok, difficulty=difficulty, shape=shape, config=config, train_size=train_size,
-          records=records, step=config.steps)
+          records=records, step=config.steps, previous=previous)
     return model, tok, records
 
 
+def _initialise(model, source: Path) -> dict:
+    """Load ``source``'s weights into ``model``; returns its provenance for ``training.json``."""
+    from safetensors.torch import load_file
+
+    from dllm_strategies.errors import ConfigError
+
+    weights = source / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"--init-from {source}: no model.safetensors there; give a checkpoint directory "
+                          "written by `dllm-strategies train`")
+    try:
+        model.load_state_dict(load_file(weights))
+    except RuntimeError as exc:
+        raise ConfigError(f"--init-from {source}: its weights do not fit this model shape "
+                          f"(use the same --hidden-size/--layers/--heads/--intermediate-size): {exc}") from exc
+    meta = source / "training.json"
+    return {"path": str(source), "training": json.loads(meta.read_text()) if meta.is_file() else None}
+
+
 def _save(output_dir: Path, model, tok, *, difficulty: task.Difficulty, shape: ModelShape,
-          config: sft.TrainConfig, train_size: int, records: list, step: int) -> None:
+          config: sft.TrainConfig, train_size: int, records: list, step: int, previous: dict | None = None) -> None:
     model.save_pretrained(output_dir, safe_serialization=True)
     tok.save_pretrained(output_dir)
-    (output_dir / "training.json").write_text(json.dumps({
-        "difficulty": attrs.asdict(difficulty), "shape": attrs.asdict(shape),
-        "config": attrs.asdict(config), "train_size": train_size, "step": step,
-        "finished": step == config.steps, "records": records,
-    }, indent=1))
+    facts = {"difficulty": attrs.asdict(difficulty), "shape": attrs.asdict(shape),
+             "config": attrs.asdict(config), "train_size": train_size, "step": step,
+             "finished": step == config.steps, "records": records}
+    if previous is not None:
+        facts["init_from"] = previous
+    (output_dir / "training.json").write_text(json.dumps(facts, indent=1))
 
 
 def export_checkpoint(output_dir: str | Path, *, train_size: int, difficulty: task.Difficulty,
-                      shape: ModelShape, config: sft.TrainConfig) -> int:
+                      shape: ModelShape, config: sft.TrainConfig, init_from: str | Path | None = None) -> int:
     """Write the latest resumable checkpoint of a run (``output_dir/work``) as a standard
     checkpoint in ``output_dir`` without training; ``training.json`` records the step it was
     taken at and whether the run had finished.  Returns that step."""
@@ -104,6 +130,10 @@ def export_checkpoint(output_dir: str | Path, *, train_size: int, difficulty: ta
     tok = arith_tokenizer.build_tokenizer()
     model = LlamaForCausalLM(model_config(tok, shape))
     model.load_state_dict(saved["model"])
+    previous = None
+    if init_from is not None:
+        meta = Path(init_from) / "training.json"
+        previous = {"path": str(init_from), "training": json.loads(meta.read_text()) if meta.is_file() else None}
     _save(output_dir, model.eval(), tok, difficulty=difficulty, shape=shape, config=config,
-          train_size=train_size, records=saved["records"], step=saved["step"])
+          train_size=train_size, records=saved["records"], step=saved["step"], previous=previous)
     return saved["step"]
