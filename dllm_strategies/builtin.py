@@ -72,14 +72,13 @@ def _train(args: argparse.Namespace) -> int:
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)
     if args.init_from is not None and not Path(args.init_from).is_dir():
-        from dllm_strategies.registry import installed_models
+        from dllm_strategies.errors import ConfigError
+        from dllm_strategies.models.loading import registered_or_local_dir
 
-        registered = installed_models().get(args.init_from)
-        if registered is None:
-            from dllm_strategies.errors import ConfigError
-
+        source = registered_or_local_dir(args.init_from)
+        if source is None:
             raise ConfigError(f"--init-from {args.init_from!r}: neither a checkpoint directory nor a registered model")
-        args.init_from = str(registered["path"])
+        args.init_from = str(source)
     if args.export:
         step = export_checkpoint(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape,
                                  config=config, init_from=args.init_from)

@@ -102,6 +102,12 @@ def _initialise(model, source: Path) -> dict:
     except RuntimeError as exc:
         raise ConfigError(f"--init-from {source}: its weights do not fit this model shape "
                           f"(use the same --hidden-size/--layers/--heads/--intermediate-size): {exc}") from exc
+    return _provenance(source)
+
+
+def _provenance(source: Path) -> dict:
+    """What ``training.json`` keeps of the checkpoint a stage started from: its path and its own
+    ``training.json`` (None when it has none)."""
     meta = source / "training.json"
     return {"path": str(source), "training": json.loads(meta.read_text()) if meta.is_file() else None}
 
@@ -130,10 +136,7 @@ def export_checkpoint(output_dir: str | Path, *, train_size: int, difficulty: ta
     tok = arith_tokenizer.build_tokenizer()
     model = LlamaForCausalLM(model_config(tok, shape))
     model.load_state_dict(saved["model"])
-    previous = None
-    if init_from is not None:
-        meta = Path(init_from) / "training.json"
-        previous = {"path": str(init_from), "training": json.loads(meta.read_text()) if meta.is_file() else None}
+    previous = _provenance(Path(init_from)) if init_from is not None else None
     _save(output_dir, model.eval(), tok, difficulty=difficulty, shape=shape, config=config,
           train_size=train_size, records=saved["records"], step=saved["step"], previous=previous)
     return saved["step"]

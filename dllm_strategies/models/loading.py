@@ -43,6 +43,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
+def registered_or_local_dir(name: str) -> Path | None:
+    """The directory a registered model name stands for, else ``name`` as an existing directory,
+    else None (e.g. a hub id).  Nothing is downloaded or checked further."""
+    entry = _registered_models().get(name)
+    if entry is not None:
+        return Path(entry["path"])
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
 def local_dir(path_or_id: str) -> Path:
     """The checkpoint directory of a local path or a hub id (downloaded when online)."""
     path = Path(path_or_id).expanduser()

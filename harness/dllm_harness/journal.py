@@ -90,11 +90,10 @@ def model_fingerprint(name: str) -> str:
     stands for itself."""
     import hashlib
 
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.models.loading import registered_or_local_dir
 
-    registered = installed_models().get(name)
-    path = Path(registered["path"]) if registered else Path(name).expanduser()
-    if not path.is_dir():
+    path = registered_or_local_dir(name)
+    if path is None or not path.is_dir():
         return name
     digest = hashlib.sha256()
     for file in sorted([*path.glob("config.json"), *path.glob("*.safetensors"), *path.glob("*.bin")]):
