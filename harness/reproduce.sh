@@ -4,7 +4,7 @@
 #   bash harness/reproduce.sh model      # train the default model (resumable) and ship it
 #   bash harness/reproduce.sh filter     # Learn2PD filter of the default model
 #   bash harness/reproduce.sh distill    # dParallel distillation of the default model
-#   bash harness/reproduce.sh bench      # issue 3's table, then the gen-256 run of every method
+#   bash harness/reproduce.sh bench      # issue 3's table, then the gen-256 runs of every method
 #   bash harness/reproduce.sh all
 #
 # Every step resumes where it stopped when run again (training checkpoints, bench journals).
@@ -40,8 +40,10 @@ distill() {
 bench() {
     "$DLLM" bench --matrix harness/matrices/default-model.yaml --limit 0 --batch-size 100 \
         --threads "$THREADS" --out "$RUNS/bench-default-model" --resume
-    "$DLLM" bench --matrix harness/matrices/parallel-256.yaml --gen-lengths 256 --limit 0 \
-        --baseline-model default --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-parallel-256" --resume
+    for matrix in methods-256 sweeps-256; do
+        "$DLLM" bench --matrix "harness/matrices/$matrix.yaml" --gen-lengths 256 --limit 0 --baseline-model default \
+            --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-$matrix" --resume
+    done
 }
 
 case "${1:-}" in

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -537,3 +538,16 @@ def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):
     assert main(["--strategy", "thresold", "--out", str(tmp_path)]) == 2
     assert "unknown plugin 'thresold'" in capsys.readouterr().err
     assert main(["--sweep", "threshold@threshold.tau=", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "harness" / "matrices").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_matrices_resolve_against_the_installed_plugins_and_models(path):
+    from dllm_strategies.registry import installed_models
+
+    entries = matrix.read_matrix(path, model="default")
+    assert entries, f"{path.name} holds no entries"
+    kept, _ = matrix.installed(entries, optional=False)  # raises on a spec that does not resolve
+    assert len(kept) == len(entries)
+    unknown = {e.model for e in entries} - set(installed_models())
+    assert not unknown, f"{path.name} names models nobody registers: {sorted(unknown)}"
