@@ -34,7 +34,7 @@ distill() {
             --problems 4096 --seed 1 --threads "$THREADS"
     "$DLLM" distill train --data "$RUNS/dparallel/trajectories" \
         --output plugins/dllm_certainty_forcing/assets/default-dparallel --work-dir "$RUNS/dparallel/work" \
-        --epochs 6 --batch-size 64 --lr 1e-4 --eval-every 50 --threads "$THREADS"
+        --steps 120 --batch-size 64 --lr 2e-5 --eval-every 40 --threads "$THREADS"
 }
 
 bench() {
