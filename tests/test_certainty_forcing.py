@@ -471,6 +471,23 @@ def test_default_dparallel_is_registered_with_its_decoding():
     assert entry["strategy"] == "entropy_threshold(tau=0.5)" and entry["block_length"] == 32
     assert entry["path"].parts[-3:] == ("dllm_certainty_forcing", "assets", "default-dparallel")
     assert "distill" in entry["description"]
-    if not (entry["path"] / "config.json").is_file():
-        with pytest.raises(ModelError, match="default-dparallel"):
-            load_model("default-dparallel", device="cpu")
+    assert (entry["path"] / "model.safetensors").stat().st_size < 20 * 2**20, "the shipped checkpoint must stay under 20 MB"
+    record = json.loads((entry["path"] / "distillation.json").read_text())
+    assert record["teacher"] == "default" and record["config"]["entropy_weight"] == 2.0
+
+
+def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
+    from dllm_strategies import decode
+    from dllm_strategies.arith.task import extract_answer, test_problems
+    from dllm_strategies.models import load_model
+
+    from dllm_strategies.registry import installed_models
+
+    entry = installed_models()["default-dparallel"]
+    model = load_model("default-dparallel", device="cpu")
+    problems = test_problems()[:8]
+    result = decode(model, [p.question for p in problems], strategy=entry["strategy"], gen_length=64,
+                    block_length=entry["block_length"], chat=True)
+    assert int(result.nfe.max()) < 64, "the distilled model decodes in fewer forwards than tokens"
+    right = sum(extract_answer(text) == p.answer for text, p in zip(result.text, problems, strict=True))
+    assert right >= 6, f"only {right}/8 of the first held-out problems right"
