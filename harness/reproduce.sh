@@ -41,7 +41,7 @@ bench() {
     "$DLLM" bench --matrix harness/matrices/default-model.yaml --limit 0 --batch-size 100 \
         --threads "$THREADS" --out "$RUNS/bench-default-model" --resume
     for matrix in methods-256 sweeps-256; do
-        "$DLLM" bench --matrix "harness/matrices/$matrix.yaml" --gen-lengths 256 --limit 0 --baseline-model default \
+        "$DLLM" bench --matrix "harness/matrices/$matrix.yaml" --gen-lengths 256 --limit 200 --baseline-model default \
             --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-$matrix" --resume
     done
 }
