@@ -551,3 +551,23 @@ def test_shipped_matrices_resolve_against_the_installed_plugins_and_models(path)
     assert len(kept) == len(entries)
     unknown = {e.model for e in entries} - set(installed_models())
     assert not unknown, f"{path.name} names models nobody registers: {sorted(unknown)}"
+
+
+def test_bench_hands_its_baseline_to_the_oracle_as_self_reference(tiny, monkeypatch):
+    from dllm_learn2pd import reference
+    from dllm_harness.bench import run_bench
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("the oracle decoded a self-reference the baseline had already made")
+
+    reference.REFERENCES.clear()
+    entries = matrix.expand([matrix.Entry(spec="egp_oracle", model="tiny")], [16], block_length=8)
+    assert [e.baseline for e in entries] == [True, False]
+    monkeypatch.setattr(reference, "self_reference", no_second_decode)
+    try:
+        results = run_bench(entries, task.test_problems()[:3], batch_size=2, loader=lambda name: tiny, progress=False)
+    finally:
+        reference.REFERENCES.clear()
+    base, oracle = results
+    assert [r.text for r in oracle.records] == [r.text for r in base.records]  # the oracle reproduces its reference
+    assert oracle.totals.mean_nfe < base.totals.mean_nfe == 16

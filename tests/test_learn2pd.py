@@ -216,6 +216,23 @@ def test_self_reference_is_computed_once_per_prompt():
     REFERENCES.clear()
 
 
+def test_remembered_references_are_used_and_checked():
+    REFERENCES.clear()
+    model = FakeModel(logits_fn=ScriptedLogits(20, seed=3), vocab_size=20)
+    prompt, mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[False, True, True], [True, True, True]])
+    given_answers = torch.tensor([[3, 4, 3, 4], [1, 2, 1, 2]])
+    REFERENCES.remember(model, prompt, mask, given_answers, gen_length=4, block_length=4, mask_id=model.mask_id)
+    result = decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=4, block_length=4)
+    assert len(model.calls) == result.forwards  # no reference decode
+    assert torch.equal(result.tokens, given_answers.flip(0))
+    with pytest.raises(ConfigError, match=r"shape \(2, 8\)"):
+        REFERENCES.remember(model, prompt, mask, given_answers, gen_length=8, block_length=4, mask_id=model.mask_id)
+    with pytest.raises(ConfigError, match="mask token"):
+        REFERENCES.remember(model, prompt, mask, torch.full((2, 4), model.mask_id), gen_length=4, block_length=4,
+                            mask_id=model.mask_id)
+    REFERENCES.clear()
+
+
 def test_oracle_on_a_tiny_real_model_reproduces_its_standard_decode(tiny):
     prompts = ["Tom has 3 apples . He buys 2 more . How many apples does Tom have now ?",
                "Ann has 5 eggs . She sells 2 . How many eggs does Ann have now ?"]

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dllm_strategies import decode
+from dllm_strategies.decode import encode_prompts
 from dllm_strategies.arith.task import Problem, extract_answer, test_problems
 from dllm_strategies.errors import ConfigError, DllmError
 from dllm_harness import matrix, metrics
@@ -116,6 +117,8 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
         with torch.inference_mode():
             result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
                             block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat)
+        if entry.baseline and entry.spec.strip() in ("", matrix.BASELINE_METHOD):
+            _share_as_reference(model, [p.question for p in chunk], result.tokens, entry, chat)
         answers = metrics.answer_lengths(result.tokens, stop_ids).tolist()
         share = result.wall_time / len(chunk)
         nfe, steps = result.nfe.tolist(), result.steps.tolist()
@@ -131,6 +134,22 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
             trajectory = Trajectory(index=example, commit_step=result.commit_step[row].tolist(),
                                     tokens=tokens.tolist(), eot=is_eot.tolist())
     return EntryResult(entry=entry, records=records, trajectory=trajectory)
+
+
+def _share_as_reference(model: Any, questions: Sequence[str], responses: torch.Tensor, entry: matrix.Entry,
+                        chat: bool) -> None:
+    """Hand the baseline's responses to the EGP oracle's self-reference cache when Learn2PD is
+    installed: the oracle's default reference is exactly this decode (low-confidence, one token
+    per step, greedy, same lengths), so an ``egp_oracle`` entry later in the run need not decode
+    every prompt a second time.  (A baseline read back from a journal holds no tokens: the
+    oracle then decodes its references itself.)"""
+    try:
+        from dllm_learn2pd.reference import REFERENCES
+    except ImportError:
+        return
+    prompt, prompt_mask = encode_prompts(model, questions, chat=chat)
+    REFERENCES.remember(model, prompt.to(responses.device), prompt_mask.to(responses.device), responses,
+                        gen_length=int(entry.gen_length), block_length=int(entry.block_length), mask_id=model.mask_id)
 
 
 def _from_journal(entry: matrix.Entry, row: dict[str, Any]) -> EntryResult:

@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from dllm_strategies.decode import run
+from dllm_strategies.errors import ConfigError
 from dllm_strategies.registry import build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeState
 
@@ -53,9 +54,7 @@ class ReferenceCache:
             table = self._tables.setdefault(model, OrderedDict())
         except TypeError:  # not weakly referenceable
             return self_reference(model, prompt, prompt_mask, config)
-        keys = [(tuple(ids[keep] for keep in range(len(ids)) if flags[keep]), config.gen_length,
-                 config.block_length, config.mask_id)
-                for ids, flags in zip(prompt.tolist(), prompt_mask.tolist(), strict=True)]
+        keys = _keys(prompt, prompt_mask, config.gen_length, config.block_length, config.mask_id)
         missing = sorted({i for i, key in enumerate(keys) if key not in table})
         if missing:
             index = torch.tensor(missing, device=prompt.device)
@@ -70,9 +69,37 @@ class ReferenceCache:
             table.popitem(last=False)
         return torch.stack(rows).to(prompt.device)
 
+    def remember(self, model: Any, prompt: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor, *,
+                 gen_length: int, block_length: int, mask_id: int) -> None:
+        """Keep (B, G) ``responses`` that the caller decoded exactly as :func:`self_reference`
+        would (low-confidence, one token per step, greedy, these lengths) as the prompts'
+        self-references, so the oracle does not decode them again (the bench hands over its
+        baseline this way).  Does nothing for a model that cannot be referenced weakly."""
+        if responses.shape != (prompt.shape[0], gen_length):
+            raise ConfigError(f"responses must have shape ({prompt.shape[0]}, {gen_length}) (batch, gen_length), "
+                              f"got {tuple(responses.shape)}")
+        if bool((responses == mask_id).any()):
+            raise ConfigError(f"a self-reference must be a complete response, but one holds the mask token {mask_id}")
+        try:
+            table = self._tables.setdefault(model, OrderedDict())
+        except TypeError:
+            return
+        for key, row in zip(_keys(prompt, prompt_mask, gen_length, block_length, mask_id), responses, strict=True):
+            table[key] = row.detach().clone()
+            table.move_to_end(key)
+        while len(table) > self.capacity:
+            table.popitem(last=False)
+
     def clear(self) -> None:
         """Forget every cached reference (e.g. after changing a model's weights in place)."""
         self._tables.clear()
+
+
+def _keys(prompt: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int, block_length: int,
+          mask_id: int) -> list[tuple]:
+    """One cache key per row: the unpadded prompt and the lengths that shape the decode."""
+    return [(tuple(ids[keep] for keep in range(len(ids)) if flags[keep]), gen_length, block_length, mask_id)
+            for ids, flags in zip(prompt.tolist(), prompt_mask.tolist(), strict=True)]
 
 
 REFERENCES = ReferenceCache()
