@@ -571,3 +571,11 @@ def test_bench_hands_its_baseline_to_the_oracle_as_self_reference(tiny, monkeypa
     base, oracle = results
     assert [r.text for r in oracle.records] == [r.text for r in base.records]  # the oracle reproduces its reference
     assert oracle.totals.mean_nfe < base.totals.mean_nfe == 16
+
+
+def test_a_fixed_option_is_a_variant_of_its_own_and_a_sweep_point_joins_its_methods_curve():
+    assert matrix.Entry(spec="eot").method_name == "eot"
+    assert matrix.Entry(spec="eot(cut=committed)").method_name == "eot(cut=committed)"
+    assert matrix.Entry(spec="", tokens_per_step=4).method_name == "low_confidence"
+    swept = matrix.parse_sweep('prophet(marker="####")@prophet.early=5,10')
+    assert {e.method_name for e in swept} == {"prophet"} and swept[0].display == "prophet early=5"

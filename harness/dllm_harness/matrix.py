@@ -71,7 +71,7 @@ class Entry:
         gen_length / block_length / steps: decode settings (None: the run's defaults).
         tokens_per_step: alternative to ``steps`` (steps = gen_length / tokens_per_step).
         label: name in tables and legends (default from spec and steps).
-        method: the curve the entry belongs to (default :func:`method_of` the spec).
+        method: the curve the entry belongs to (default: see :attr:`method_name`).
         knob / knob_value: the swept knob and its value, for sweep entries.
         baseline: the entry speedups are measured against.
     """
@@ -128,7 +128,14 @@ class Entry:
 
     @property
     def method_name(self) -> str:
-        return self.method or method_of(self.spec)
+        """The curve the entry is drawn on: its ``method``; else its plugins' names when it is a
+        sweep point or its spec fixes no option; else the spec as written, since an entry such as
+        ``eot(cut=committed)`` is a variant of its own, not a point of ``eot``'s curve."""
+        if self.method:
+            return self.method
+        if self.knob is not None or not any(item.options for item in parse_spec(self.spec)):
+            return method_of(self.spec)
+        return self.spec
 
     @property
     def is_baseline_config(self) -> bool:
@@ -148,9 +155,10 @@ def _coerce(text: str) -> Any:
 
 def with_knob(entry: Entry, knob: str, value: Any) -> Entry:
     """``entry`` with ``knob`` set to ``value`` (``steps``, ``tokens_per_step`` or ``plugin.option``)."""
-    label = f"{entry.method_name} {knob.split('.')[-1]}={value:g}" if isinstance(value, (int, float)) \
-        else f"{entry.method_name} {knob.split('.')[-1]}={value}"
-    common = {"knob": knob, "knob_value": value, "label": label, "method": entry.method_name}
+    method = entry.method or method_of(entry.spec)
+    label = f"{method} {knob.split('.')[-1]}={value:g}" if isinstance(value, (int, float)) \
+        else f"{method} {knob.split('.')[-1]}={value}"
+    common = {"knob": knob, "knob_value": value, "label": label, "method": method}
     if knob == "steps":
         return attrs.evolve(entry, steps=int(value), tokens_per_step=None, **common)
     if knob == "tokens_per_step":
