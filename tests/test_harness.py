@@ -581,3 +581,29 @@ def test_a_fixed_option_is_a_variant_of_its_own_and_a_sweep_point_joins_its_meth
     assert matrix.Entry(spec="", tokens_per_step=4).method_name == "low_confidence"
     swept = matrix.parse_sweep('prophet(marker="####")@prophet.early=5,10')
     assert {e.method_name for e in swept} == {"prophet"} and swept[0].display == "prophet early=5"
+
+
+def test_best_combination_is_the_fastest_within_a_point_of_its_baseline_and_the_top_aup():
+    from dllm_harness.bench import EntryResult, ProblemRecord, best_combinations, with_speedups
+    from dllm_harness.report import markdown
+
+    def result(entry, right, seconds):  # 10 problems, `right` of them correct, 8 answer tokens each
+        records = [ProblemRecord(index=i, answer=1, predicted=1 if i < right else 0, correct=i < right, nfe=4,
+                                 steps=4, answer_tokens=8, seconds=seconds / 10, text="") for i in range(10)]
+        return EntryResult(entry=entry, records=records, trajectory=None)
+
+    entries = matrix.expand([matrix.Entry(spec="threshold(tau=0.9)"), matrix.Entry(spec="entropy_threshold"),
+                             matrix.Entry(spec="", tokens_per_step=4)], [16], block_length=16)
+    timing = {"low_confidence (baseline)": (10, 8.0), "threshold(tau=0.9)": (10, 2.0),
+              "entropy_threshold": (9, 1.0), "low_confidence 4/step": (8, 0.5)}
+    results = with_speedups([result(e, *timing[e.display]) for e in entries])
+    aups = [{"model": "default", "gen_length": 16, "method": "low_confidence", "points": 2, "aup": 5.0, "y_max": 100.0}]
+    (best,) = best_combinations(results, aups, tolerance=10.0)
+    assert best["fastest"]["label"] == "entropy_threshold" and best["fastest"]["speedup"] == 8.0  # 90% >= 100 - 10
+    assert best["best_aup"]["method"] == "low_confidence"
+    (strict,) = best_combinations(results, aups, tolerance=1.0)
+    assert strict["fastest"]["label"] == "threshold(tau=0.9)"
+    meta = {"problem_set": "x", "seed": 0, "batch_size": 1, "torch_threads": 1}
+    assert "**Best at gen 16**: fastest within 1 point of its baseline's accuracy: threshold(tau=0.9) on default " \
+           "(100.0% vs 100.0%, 40.0 tokens/s, 4.00x); highest AUP: low_confidence on default (5.00)." \
+           in markdown(results, aups, meta, [strict])

@@ -165,8 +165,8 @@ def _warm_up(model: Any, entry: matrix.Entry, problem: Problem, chat: bool) -> N
                block_length=entry.block_length, steps=entry.resolved_steps, chat=chat)
 
 
-def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
-    """Each result with its speedup over the baseline of its (model, gen length), or of its gen
+def baseline_finder(results: Sequence[EntryResult]) -> Callable[[EntryResult], EntryResult | None]:
+    """The baseline each result is compared with: that of its (model, gen length), or of its gen
     length when the run has one baseline model for all (``--baseline-model``)."""
     baselines = [r for r in results if r.entry.baseline]
     shared = len({r.entry.model for r in baselines}) == 1 and len({r.entry.model for r in results}) > 1
@@ -174,13 +174,42 @@ def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
     def task(r: EntryResult) -> tuple[str, int] | int:
         return r.task[1] if shared else r.task
 
-    base = {task(r): r.totals.seconds for r in baselines}
+    table = {task(r): r for r in baselines}
+    return lambda r: table.get(task(r))
+
+
+def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
+    """Each result with its speedup over the baseline it is compared with (:func:`baseline_finder`)."""
+    baseline_of = baseline_finder(results)
     out = []
     for r in results:
-        seconds, b = r.totals.seconds, base.get(task(r))
-        value = metrics.speedup(b, seconds) if b and seconds > 0 else None
+        base, seconds = baseline_of(r), r.totals.seconds
+        value = metrics.speedup(base.totals.seconds, seconds) if base and base.totals.seconds and seconds > 0 else None
         out.append(attrs.evolve(r, speedup=value))
     return out
+
+
+def best_combinations(results: Sequence[EntryResult], aups: Sequence[dict[str, Any]],
+                      tolerance: float = 1.0) -> list[dict[str, Any]]:
+    """Per gen length, the run's best combination: the entry with the most tokens per second among
+    those at most ``tolerance`` accuracy points below their baseline, and the method with the
+    highest AUP (None where no entry qualifies)."""
+    baseline_of = baseline_finder(results)
+    rows = []
+    for G in dict.fromkeys(r.task[1] for r in results):
+        kept = [r for r in results if r.task[1] == G and not r.entry.baseline and (b := baseline_of(r)) is not None
+                and r.accuracy >= b.accuracy - tolerance]
+        fastest = max(kept, key=lambda r: r.totals.tokens_per_second, default=None)
+        top = max((a for a in aups if a["gen_length"] == G), key=lambda a: a["aup"], default=None)
+        rows.append({
+            "gen_length": G, "tolerance": tolerance,
+            "fastest": None if fastest is None else {
+                "model": fastest.entry.model, "label": fastest.entry.display, "accuracy": fastest.accuracy,
+                "baseline_accuracy": baseline_of(fastest).accuracy,
+                "tokens_per_second": fastest.totals.tokens_per_second, "speedup": fastest.speedup},
+            "best_aup": None if top is None else {"model": top["model"], "method": top["method"], "aup": top["aup"]},
+        })
+    return rows
 
 
 def aup_table(results: Sequence[EntryResult]) -> list[dict[str, Any]]:
@@ -363,12 +392,13 @@ def command(args: argparse.Namespace) -> int:
             "wall_seconds": time.time() - started, "processes": list(journal.processes()),
             "skipped": [{"entry": e.display, "reason": r} for e, r in skipped]}
     aups = aup_table(results)
-    paths = report.write(out, results, aups, meta)
+    best = best_combinations(results, aups)
+    paths = report.write(out, results, aups, meta, best)
     problem = problems[args.example]
     paths["pareto"] = plots.pareto(results, out / "pareto.png")
     paths["tpf"] = plots.tpf_curves(results, aups, out / "tpf_accuracy.png")
     paths["trajectory"] = plots.trajectory(results, out / "trajectory.png", problem.question)
-    print(report.markdown(results, aups, meta))
+    print(report.markdown(results, aups, meta, best))
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)
     return 0

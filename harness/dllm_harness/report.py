@@ -16,8 +16,10 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The results table, then the AUP of each method with several points."""
+def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any],
+             best: Sequence[dict[str, Any]] = ()) -> str:
+    """The results table, the AUP of each method with several points, then the best combinations
+    (:func:`dllm_harness.bench.best_combinations`)."""
     lines = [f"Benchmark on {meta['problem_set']} (seed {meta['seed']}, batch {meta['batch_size']}, "
              f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
@@ -35,6 +37,18 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
         for row in aups:
             lines.append(f"| {row['model']} | {row['gen_length']} | {row['method']} | {row['points']} | "
                          f"{row['aup']:.2f} | {row['y_max']:.1f} |")
+    if best:
+        lines.append("")
+        for row in best:
+            fast, top = row["fastest"], row["best_aup"]
+            text = (f"**Best at gen {row['gen_length']}**: fastest within {row['tolerance']:g} point of its baseline's "
+                    "accuracy: ")
+            text += ("none" if fast is None else
+                     f"{fast['label']} on {fast['model']} ({fast['accuracy']:.1f}% vs {fast['baseline_accuracy']:.1f}%, "
+                     f"{fast['tokens_per_second']:.1f} tokens/s" + (f", {fast['speedup']:.2f}x)" if fast["speedup"] else ")"))
+            if top is not None:
+                text += f"; highest AUP: {top['method']} on {top['model']} ({top['aup']:.2f})"
+            lines.append(text + ".")
     if len(meta.get("processes") or ()) > 1:
         lines += ["", f"Resumed run: entries were measured by {len(meta['processes'])} processes "
                       f"({', '.join(meta['processes'])}); see journal.jsonl for which measured what."]
@@ -43,19 +57,23 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
     return "\n".join(lines) + "\n"
 
 
-def to_json(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Everything: settings, per-entry summaries, per-problem records and trajectories, AUP rows."""
+def to_json(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any],
+            best: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Everything: settings, per-entry summaries, per-problem records and trajectories, AUP rows,
+    best combinations."""
     return {
         "meta": meta,
         "entries": [{**r.summary(), "records": [attrs.asdict(x) for x in r.records],
                      "trajectory": attrs.asdict(r.trajectory) if r.trajectory else None} for r in results],
         "aup": list(aups),
+        "best": list(best),
     }
 
 
-def write(out: Path, results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
+def write(out: Path, results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[str, Any],
+          best: Sequence[dict[str, Any]] = ()) -> dict[str, Path]:
     """Write ``results.json`` and ``results.md`` into ``out``."""
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    paths["json"].write_text(json.dumps(to_json(results, aups, meta), indent=1))
-    paths["markdown"].write_text(markdown(results, aups, meta))
+    paths["json"].write_text(json.dumps(to_json(results, aups, meta, best), indent=1))
+    paths["markdown"].write_text(markdown(results, aups, meta, best))
     return paths
