@@ -480,7 +480,6 @@ def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
     from dllm_strategies import decode
     from dllm_strategies.arith.task import extract_answer, test_problems
     from dllm_strategies.models import load_model
-
     from dllm_strategies.registry import installed_models
 
     entry = installed_models()["default-dparallel"]

@@ -117,8 +117,7 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
         with torch.inference_mode():
             result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
                             block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat)
-        if entry.baseline and entry.spec.strip() in ("", matrix.BASELINE_METHOD):
-            _share_as_reference(model, [p.question for p in chunk], result.tokens, entry, chat)
+        _share_as_reference(model, [p.question for p in chunk], result.tokens, entry, chat)
         answers = metrics.answer_lengths(result.tokens, stop_ids).tolist()
         share = result.wall_time / len(chunk)
         nfe, steps = result.nfe.tolist(), result.steps.tolist()
@@ -142,7 +141,10 @@ def _share_as_reference(model: Any, questions: Sequence[str], responses: torch.T
     installed: the oracle's default reference is exactly this decode (low-confidence, one token
     per step, greedy, same lengths), so an ``egp_oracle`` entry later in the run need not decode
     every prompt a second time.  (A baseline read back from a journal holds no tokens: the
-    oracle then decodes its references itself.)"""
+    oracle then decodes its references itself.)  Any other entry is left alone: only the
+    baseline in its plain form (no options) is that decode."""
+    if not entry.baseline or entry.spec.strip() not in ("", matrix.BASELINE_METHOD):
+        return
     try:
         from dllm_learn2pd.reference import REFERENCES
     except ImportError:

@@ -50,9 +50,8 @@ class ReferenceCache:
     def references(self, model: Any, prompt: torch.Tensor, prompt_mask: torch.Tensor,
                    config: DecodeConfig) -> torch.Tensor:
         """(B, G) self-references, computing only the rows not cached yet (in one batch)."""
-        try:
-            table = self._tables.setdefault(model, OrderedDict())
-        except TypeError:  # not weakly referenceable
+        table = self._table(model)
+        if table is None:
             return self_reference(model, prompt, prompt_mask, config)
         keys = _keys(prompt, prompt_mask, config.gen_length, config.block_length, config.mask_id)
         missing = sorted({i for i, key in enumerate(keys) if key not in table})
@@ -65,8 +64,7 @@ class ReferenceCache:
         for key in keys:
             table.move_to_end(key)
             rows.append(table[key])
-        while len(table) > self.capacity:
-            table.popitem(last=False)
+        self._trim(table)
         return torch.stack(rows).to(prompt.device)
 
     def remember(self, model: Any, prompt: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor, *,
@@ -80,13 +78,23 @@ class ReferenceCache:
                               f"got {tuple(responses.shape)}")
         if bool((responses == mask_id).any()):
             raise ConfigError(f"a self-reference must be a complete response, but one holds the mask token {mask_id}")
-        try:
-            table = self._tables.setdefault(model, OrderedDict())
-        except TypeError:
+        table = self._table(model)
+        if table is None:
             return
         for key, row in zip(_keys(prompt, prompt_mask, gen_length, block_length, mask_id), responses, strict=True):
             table[key] = row.detach().clone()
             table.move_to_end(key)
+        self._trim(table)
+
+    def _table(self, model: Any) -> OrderedDict | None:
+        """The model's table of references, None for a model that cannot be referenced weakly."""
+        try:
+            return self._tables.setdefault(model, OrderedDict())
+        except TypeError:
+            return None
+
+    def _trim(self, table: OrderedDict) -> None:
+        """Drop the least recently used references beyond ``capacity``."""
         while len(table) > self.capacity:
             table.popitem(last=False)
 
