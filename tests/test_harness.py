@@ -529,9 +529,21 @@ def test_bench_resume_reuses_finished_entries_and_refuses_other_settings(checkpo
     other = [x if x != "2" else "1" for x in common]  # --limit 1 --batch-size 1
     assert main([*other, "--strategy", "threshold(tau=0.9)", "--resume"]) == 2
     assert "batch_size, problems differ" in capsys.readouterr().err
+    assert main([*common, "--strategy", "threshold(tau=0.9)", "--problems", "validation", "--resume"]) == 2
+    assert "problem_set differ" in capsys.readouterr().err
     # without --resume the run starts again
     assert main([*common, "--strategy", "threshold(tau=0.9)"]) == 0
     assert len((out / "journal.jsonl").read_text().splitlines()) == 3
+
+
+def test_bench_on_the_validation_split_names_it_and_never_touches_the_test_set():
+    from dllm_harness.bench import _problems
+
+    problems, where = _problems("validation", 20)
+    assert len(problems) == 20 and where.startswith("first 20 of the validation split")
+    assert not {p.question for p in problems} & {p.question for p in task.test_problems()}
+    test, where = _problems("test", 0)
+    assert test == task.test_problems() and where == "first 500 of dllm_strategies/arith/data/test.jsonl"
 
 
 def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):

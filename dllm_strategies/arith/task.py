@@ -179,6 +179,12 @@ def write_test_split(path: Path = TEST_FILE, difficulty: Difficulty = Difficulty
             f.write(json.dumps(problem.to_dict()) + "\n")
 
 
+def validation_problems(size: int = 500, seed: int = 0, difficulty: Difficulty = Difficulty()) -> list[Problem]:
+    """The validation split of the training run seeded ``seed`` (:func:`make_splits`): never in the
+    test split nor trained on; the set to choose models and settings on."""
+    return list(generate(size, seed + 1, difficulty, frozenset(p.question for p in test_problems())))
+
+
 def make_splits(train_size: int, validation_size: int = 500, seed: int = 0,
                 difficulty: Difficulty = Difficulty()):
     """``datasets.DatasetDict`` with ``train``, ``validation`` and the shipped ``test``.
@@ -188,9 +194,8 @@ def make_splits(train_size: int, validation_size: int = 500, seed: int = 0,
     import datasets
 
     test = test_problems()
-    exclude = frozenset(p.question for p in test)
-    validation = list(generate(validation_size, seed + 1, difficulty, exclude))
-    exclude = exclude | {p.question for p in validation}
+    validation = validation_problems(validation_size, seed, difficulty)
+    exclude = frozenset(p.question for p in test) | {p.question for p in validation}
     train = generate(train_size, seed, difficulty, exclude)
 
     def table(problems):

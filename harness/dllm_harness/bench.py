@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dllm_strategies import decode
 from dllm_strategies.decode import encode_prompts
-from dllm_strategies.arith.task import Problem, extract_answer, test_problems
+from dllm_strategies.arith.task import Problem, extract_answer, test_problems, validation_problems
 from dllm_strategies.errors import ConfigError, DllmError
 from dllm_harness import matrix, metrics
 from dllm_harness.journal import Journal, model_fingerprint
@@ -306,6 +306,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="steps for --strategy entries (default: gen length)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                    help=f"decode the first N held-out problems (default {DEFAULT_LIMIT}; 0: all 500)")
+    p.add_argument("--problems", choices=("test", "validation"), default="test",
+                   help="the held-out test split (the benchmark set, default) or the training run's validation "
+                        "split (500 problems, to choose models and settings on without touching the test set)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--example", type=int, default=0, help="problem whose trajectory is drawn (default 0)")
@@ -361,6 +364,18 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], lis
     return expanded, skipped
 
 
+def _problems(split: str, limit: int) -> tuple[list[Problem], str]:
+    """The first ``limit`` problems (0: all) of ``split`` and how the report names them."""
+    if split == "validation":
+        problems = validation_problems()
+        where = "the validation split (task.validation_problems(), seed 0)"
+    else:
+        problems = test_problems()
+        where = "dllm_strategies/arith/data/test.jsonl"
+    problems = problems[:limit] if limit else problems
+    return problems, f"first {len(problems)} of {where}"
+
+
 def command(args: argparse.Namespace) -> int:
     """The ``bench`` command."""
     from dllm_harness import plots, report
@@ -372,11 +387,11 @@ def command(args: argparse.Namespace) -> int:
     entries, skipped = entries_from_args(args)
     for entry, reason in skipped:
         print(f"skipped {entry.display!r}: {reason}", file=sys.stderr)
-    problems = test_problems()
-    problems = problems[:args.limit] if args.limit else problems
+    problems, problem_set = _problems(args.problems, args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"problems": len(problems), "seed": args.seed, "batch_size": args.batch_size, "chat": args.chat,
+    settings = {"problems": len(problems), **({"problem_set": args.problems} if args.problems != "test" else {}),
+                "seed": args.seed, "batch_size": args.batch_size, "chat": args.chat,
                 "example": args.example, "device": args.device, "dtype": args.dtype,
                 "torch_threads": torch.get_num_threads(),
                 "models": {name: model_fingerprint(name) for name in sorted({e.model for e in entries})}}
@@ -388,7 +403,7 @@ def command(args: argparse.Namespace) -> int:
                         example=args.example, device=args.device, dtype=args.dtype, progress=not args.quiet,
                         journal=journal)
     meta = {"command": " ".join(sys.argv), "problems": len(problems), "limit": args.limit or None,
-            "problem_set": "first {} of dllm_strategies/arith/data/test.jsonl".format(len(problems)),
+            "problem_set": problem_set,
             "seed": args.seed, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "wall_seconds": time.time() - started, "processes": list(journal.processes()),
