@@ -34,6 +34,9 @@ def dllm_commands(subparsers) -> None:
     p.add_argument("--eval-problems", type=int, default=128, help="validation problems decoded at each eval")
     p.add_argument("--gen-lengths", default="64,256", help="response pad lengths drawn per batch")
     p.add_argument("--gen-length-weights", default="0.85,0.15")
+    p.add_argument("--eot-crop", type=float, default=0.0, metavar="P",
+                   help="probability that a sample's canvas ends after a random part of its end-of-text tail "
+                        "(what End-of-Text truncation leaves the model); 0 never crops")
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
@@ -67,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
         save_every=args.save_every, gen_lengths=tuple(int(x) for x in args.gen_lengths.split(",")),
-        gen_length_weights=tuple(float(x) for x in args.gen_length_weights.split(",")),
+        gen_length_weights=tuple(float(x) for x in args.gen_length_weights.split(",")), eot_crop=args.eot_crop,
     )
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)

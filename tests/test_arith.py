@@ -7,6 +7,7 @@ import math
 import attrs
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from dllm_strategies.arith import task
 from dllm_strategies.arith.tokenizer import build_tokenizer, prompt_text, response_text
@@ -47,6 +48,7 @@ def test_shipped_test_split_is_fixed_unique_and_never_trained_on():
     assert not train_q & {p.question for p in test}
     assert not train_q & set(splits["validation"]["question"])
     assert splits["test"].num_rows == len(test)
+    assert [p.to_dict() for p in task.validation_problems(200, seed=0)] == list(splits["validation"])
 
 
 def test_tokenizer_round_trip_and_specials(tmp_path):
@@ -102,6 +104,50 @@ def test_response_longer_than_gen_length_is_an_error():
         sft.collate([[3]], [[2, 2, 2]], gen_length=2, pad_id=1, fill_id=1)
 
 
+def test_cropped_canvas_leaves_attention_and_loss():
+    V, L = 7, 5
+    full = sft.collate([[3, 4], [5]], [[2, 2], [6]], gen_length=L, pad_id=1, fill_id=1)
+    cropped = sft.collate([[3, 4], [5]], [[2, 2], [6]], gen_length=L, pad_id=1, fill_id=1, live=[3, 5])
+    assert cropped.input_ids.tolist() == full.input_ids.tolist()
+    assert cropped.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]]
+    loss = sft.masked_diffusion_loss(Uniform(V), cropped, mask_id=0, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(2, 1, generator=g)
+    p = (1 - sft.EPS) * t + sft.EPS
+    masked = torch.rand(2, L, generator=g) < p
+    masked[0, 3:] = False  # the first row's two cropped columns count for nothing
+    expected = sum(masked[b].sum().item() * math.log(V) / p[b].item() for b in range(2)) / (L * 2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="live length 1 must lie between the response's 2 tokens"):
+        sft.collate([[3]], [[2, 2]], gen_length=L, pad_id=1, fill_id=1, live=[1])
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=16), st.floats(0.0, 1.0), st.integers(0, 2**31))
+def test_cropped_lengths_keep_the_response_and_one_end_of_text(responses, rate, seed):
+    L = 40
+    live = sft.cropped_lengths(responses, L, rate, torch.Generator().manual_seed(seed))
+    for r, keep in zip(responses, live, strict=True):
+        assert keep == L or r < keep < L  # the response and at least one end-of-text always stay
+    if rate == 0.0:
+        assert live == [L] * len(responses)
+
+
+def test_cropped_lengths_cover_the_whole_tail():
+    live = sft.cropped_lengths([10] * 4000, 14, 1.0, torch.Generator().manual_seed(0))
+    assert set(live) == {11, 12, 13, 14}
+
+
+def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
+    config = sft.TrainConfig(steps=4)
+    older = {k: v for k, v in attrs.asdict(config).items() if k != "eot_crop"}
+    (tmp_path / "work").mkdir()
+    torch.save({"model": {}, "optimizer": {}, "step": 2, "records": [], "config": older},
+               tmp_path / "work" / sft.CHECKPOINT)
+    assert sft.load_checkpoint(tmp_path / "work", config)["step"] == 2
+    with pytest.raises(ValueError, match="another training config"):
+        sft.load_checkpoint(tmp_path / "work", attrs.evolve(config, eot_crop=0.5))
+
+
 def _micro_run(tmp_path, steps, name):
     from transformers import LlamaForCausalLM
 
@@ -114,7 +160,7 @@ def _micro_run(tmp_path, steps, name):
     model = LlamaForCausalLM(model_config(tok, ModelShape(hidden_size=16, intermediate_size=32,
                                                           num_hidden_layers=1, num_attention_heads=2)))
     config = sft.TrainConfig(steps=4, batch_size=4, eval_every=2, save_every=2, gen_lengths=(48,),
-                             gen_length_weights=(1.0,))
+                             gen_length_weights=(1.0,), eot_crop=0.5)  # cropped canvases resume exactly too
     out = tmp_path / name
     if steps < 4:  # stop early, as an interrupted run would, by training a shorter run's prefix
         sft.train(model, pairs, pairs[:8], mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,

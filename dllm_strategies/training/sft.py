@@ -10,6 +10,11 @@ over the batch.
 The layout matches decoding: prompts are left-padded (attention mask, position ids from
 the first real token) so the response region is the last ``gen_length`` columns.
 
+Cropped tails (``TrainConfig.eot_crop``): with that probability a sample's canvas ends after a
+random number (at least one) of its end-of-text tail, the rest left out of attention and of the
+loss, exactly the canvas a decoder sees once End-of-Text truncation has cut a row.  A model
+trained only on full-length canvases has never seen one.
+
 Every random draw of step ``s`` comes from a generator seeded by ``(seed, s)``, so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would.
 """
@@ -36,7 +41,8 @@ CHECKPOINT = "checkpoint.pt"
 @attrs.frozen
 class Batch:
     """A padded training batch: ``input_ids`` (B, P+L) clean, ``attention_mask``,
-    ``position_ids``, ``gen_length`` L (the response region is the last L columns)."""
+    ``position_ids``, ``gen_length`` L (the response region is the last L columns).  A row whose
+    canvas was cropped has ``attention_mask`` 0 on the columns behind its crop."""
 
     input_ids: torch.Tensor = attrs.field(eq=False)
     attention_mask: torch.Tensor = attrs.field(eq=False)
@@ -45,22 +51,28 @@ class Batch:
 
 
 def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-            gen_length: int, pad_id: int, fill_id: int) -> Batch:
+            gen_length: int, pad_id: int, fill_id: int, live: Sequence[int] | None = None) -> Batch:
     """Left-pad prompts with ``pad_id``; pad responses to ``gen_length`` with ``fill_id``.
 
+    ``live`` (optional): per row, how many response columns stay in the canvas (at least the
+    response itself, at most ``gen_length``); the columns behind are out of attention.
     A response longer than ``gen_length`` is an error (never silently truncated).
     """
     width = max(len(p) for p in prompts)
+    live = [gen_length] * len(prompts) if live is None else live
     rows, masks = [], []
-    for prompt, response in zip(prompts, responses, strict=True):
+    for prompt, response, keep in zip(prompts, responses, live, strict=True):
         if len(response) > gen_length:
             raise ConfigError(
                 f"response of {len(response)} tokens does not fit gen_length={gen_length}; "
                 "raise the generation length"
             )
+        if not len(response) <= keep <= gen_length:
+            raise ConfigError(f"live length {keep} must lie between the response's {len(response)} tokens "
+                              f"and gen_length={gen_length}")
         pad = width - len(prompt)
         rows.append([pad_id] * pad + list(prompt) + list(response) + [fill_id] * (gen_length - len(response)))
-        masks.append([0] * pad + [1] * (len(prompt) + gen_length))
+        masks.append([0] * pad + [1] * (len(prompt) + keep) + [0] * (gen_length - keep))
     input_ids = torch.tensor(rows, dtype=torch.long)
     attention_mask = torch.tensor(masks, dtype=torch.long)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -81,7 +93,8 @@ def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Ge
         logits_to_keep=L,
     ).logits
     ce = F.cross_entropy(logits.float().transpose(1, 2), ids[:, -L:], reduction="none")
-    return ((ce / p) * masked).sum() / (L * B)
+    in_canvas = batch.attention_mask[:, -L:].bool()
+    return ((ce / p) * (masked & in_canvas)).sum() / (L * B)
 
 
 @attrs.frozen
@@ -94,6 +107,8 @@ class TrainConfig:
         lr: peak learning rate (AdamW), reached after ``warmup`` steps, cosine to 10%.
         gen_lengths / gen_length_weights: each batch pads its responses to one of these
             lengths, drawn with these weights (long tails teach long end-of-text fills).
+        eot_crop: probability that a sample's canvas is cropped after a uniformly drawn number
+            (1 to all) of its end-of-text tail tokens (see the module docstring); 0 never crops.
         eval_every / save_every: validation and checkpoint periods, in steps.
     """
 
@@ -108,12 +123,26 @@ class TrainConfig:
     gen_length_weights: tuple[float, ...] = (0.85, 0.15)
     eval_every: int = 200
     save_every: int = 50
+    eot_crop: float = attrs.field(default=0.0, validator=attrs.validators.and_(
+        attrs.validators.ge(0.0), attrs.validators.le(1.0)))
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         progress = (step - self.warmup) / max(1, self.steps - self.warmup)
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def cropped_lengths(response_lengths: Sequence[int], gen_length: int, rate: float,
+                    generator: torch.Generator) -> list[int]:
+    """Per row, the response columns its canvas keeps: with probability ``rate`` the response and
+    ``k`` of its end-of-text tail, ``k`` uniform over 1..tail (a row with no tail is never cropped);
+    otherwise all ``gen_length``."""
+    lengths = torch.tensor(response_lengths, dtype=torch.long)
+    crop = torch.rand(len(lengths), generator=generator) < rate
+    tail = gen_length - lengths
+    kept = torch.minimum(1 + (torch.rand(len(lengths), generator=generator) * tail).long(), tail)
+    return torch.where(crop & (tail > 0), lengths + kept, torch.full_like(lengths, gen_length)).tolist()
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -160,8 +189,10 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
         generator = step_generator(config.seed, step)
         picks = torch.randint(len(train_pairs), (config.batch_size,), generator=generator).tolist()
         gen_length = config.gen_lengths[int(torch.multinomial(weights, 1, generator=generator))]
-        batch = collate([train_pairs[i][0] for i in picks], [train_pairs[i][1] for i in picks],
-                        gen_length, pad_id, fill_id)
+        responses = [train_pairs[i][1] for i in picks]
+        live = (cropped_lengths([len(r) for r in responses], gen_length, config.eot_crop, generator)
+                if config.eot_crop > 0 else None)
+        batch = collate([train_pairs[i][0] for i in picks], responses, gen_length, pad_id, fill_id, live)
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
         loss = masked_diffusion_loss(model, batch, mask_id, generator)
@@ -213,7 +244,8 @@ def load_checkpoint(output_dir: str | Path, config: TrainConfig) -> dict:
     if not checkpoint.exists():
         raise ConfigError(f"no training checkpoint at {checkpoint}; run the training with the same options first")
     saved = torch.load(checkpoint, weights_only=False)
-    if saved["config"] != attrs.asdict(config):
+    defaults = {f.name: f.default for f in attrs.fields(TrainConfig)}  # options added since it was written
+    if {**defaults, **saved["config"]} != attrs.asdict(config):
         raise ConfigError(
             f"{checkpoint} was written with another training config; "
             "use a new output directory or the same options"
