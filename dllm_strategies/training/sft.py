@@ -190,6 +190,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
         picks = torch.randint(len(train_pairs), (config.batch_size,), generator=generator).tolist()
         gen_length = config.gen_lengths[int(torch.multinomial(weights, 1, generator=generator))]
         responses = [train_pairs[i][1] for i in picks]
+        # no crop draws at eot_crop=0: such a run draws exactly what runs before the option drew
         live = (cropped_lengths([len(r) for r in responses], gen_length, config.eot_crop, generator)
                 if config.eot_crop > 0 else None)
         batch = collate([train_pairs[i][0] for i in picks], responses, gen_length, pad_id, fill_id, live)

@@ -390,6 +390,7 @@ def command(args: argparse.Namespace) -> int:
     problems, problem_set = _problems(args.problems, args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the split is named only when it is not the test set, so journals written before --problems still resume
     settings = {"problems": len(problems), **({"problem_set": args.problems} if args.problems != "test" else {}),
                 "seed": args.seed, "batch_size": args.batch_size, "chat": args.chat,
                 "example": args.example, "device": args.device, "dtype": args.dtype,
