@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Remake every shipped asset and every figure of BENCHMARKS.md, in order, on CPU:
 #
-#   bash harness/reproduce.sh model      # train the default model (resumable) and ship it
+#   bash harness/reproduce.sh model      # train the default model, two stages (resumable), ship it
 #   bash harness/reproduce.sh filter     # Learn2PD filter of the default model
 #   bash harness/reproduce.sh distill    # dParallel distillation of the default model
 #   bash harness/reproduce.sh bench      # issue 3's table, then the gen-256 runs of every method
@@ -16,11 +16,19 @@ RUNS=${RUNS:-runs}
 DLLM=${DLLM:-dllm-strategies}
 
 model() {
-    local train=("$DLLM" train --output "$RUNS/default" --steps 6000 --threads "$THREADS"
-                 --eval-every 500 --save-every 100 --eval-problems 128)
-    "${train[@]}"
-    "${train[@]}" --export
-    find "$RUNS/default" -maxdepth 1 -type f -exec cp {} dllm_strategies/assets/default/ \;
+    # Stage 1: from scratch, full-length canvases at gen 64 and 256.
+    local stage1=("$DLLM" train --output "$RUNS/default" --steps 6000 --threads "$THREADS"
+                  --eval-every 500 --save-every 100 --eval-problems 128)
+    "${stage1[@]}"
+    "${stage1[@]}" --export
+    # Stage 2: from stage 1's weights, half the canvases cropped inside their end-of-text tail
+    # (the canvases EoT truncation leaves the model; docs/learn2pd.md).
+    local stage2=("$DLLM" train --output "$RUNS/default-crop" --init-from "$RUNS/default" --steps 1500
+                  --lr 3e-4 --gen-length-weights 0.5,0.5 --eot-crop 0.5 --threads "$THREADS"
+                  --eval-every 500 --save-every 100 --eval-problems 128)
+    "${stage2[@]}"
+    "${stage2[@]}" --export
+    find "$RUNS/default-crop" -maxdepth 1 -type f -exec cp {} dllm_strategies/assets/default/ \;
 }
 
 filter() {
