@@ -4,7 +4,7 @@
 #   bash harness/reproduce.sh model      # train the default model, two stages (resumable), ship it
 #   bash harness/reproduce.sh filter     # Learn2PD filter of the default model
 #   bash harness/reproduce.sh distill    # dParallel distillation of the default model
-#   bash harness/reproduce.sh bench      # issue 3's table, then the gen-256 runs of every method
+#   bash harness/reproduce.sh bench      # the default matrix, issue 3's table, the gen-256 runs of every method
 #   bash harness/reproduce.sh all
 #
 # Every step resumes where it stopped when run again (training checkpoints, bench journals).
@@ -46,6 +46,7 @@ distill() {
 }
 
 bench() {
+    "$DLLM" bench --threads "$THREADS" --out "$RUNS/bench-default" --resume
     "$DLLM" bench --matrix harness/matrices/default-model.yaml --limit 0 --batch-size 100 \
         --threads "$THREADS" --out "$RUNS/bench-default-model" --resume
     for matrix in methods-256 sweeps-256; do
