@@ -16,18 +16,15 @@ RUNS=${RUNS:-runs}
 DLLM=${DLLM:-dllm-strategies}
 
 model() {
+    # A run that finishes writes its standard checkpoint (model, tokenizer, training.json) itself.
     # Stage 1: from scratch, full-length canvases at gen 64 and 256.
-    local stage1=("$DLLM" train --output "$RUNS/default" --steps 6000 --threads "$THREADS"
-                  --eval-every 500 --save-every 100 --eval-problems 128)
-    "${stage1[@]}"
-    "${stage1[@]}" --export
+    "$DLLM" train --output "$RUNS/default" --steps 6000 --threads "$THREADS" \
+        --eval-every 500 --save-every 100 --eval-problems 128
     # Stage 2: from stage 1's weights, half the canvases cropped inside their end-of-text tail
     # (the canvases EoT truncation leaves the model; docs/learn2pd.md).
-    local stage2=("$DLLM" train --output "$RUNS/default-crop" --init-from "$RUNS/default" --steps 1500
-                  --lr 3e-4 --gen-length-weights 0.5,0.5 --eot-crop 0.5 --threads "$THREADS"
-                  --eval-every 500 --save-every 100 --eval-problems 128)
-    "${stage2[@]}"
-    "${stage2[@]}" --export
+    "$DLLM" train --output "$RUNS/default-crop" --init-from "$RUNS/default" --steps 1500 \
+        --lr 3e-4 --gen-length-weights 0.5,0.5 --eot-crop 0.5 --threads "$THREADS" \
+        --eval-every 500 --save-every 100 --eval-problems 128
     find "$RUNS/default-crop" -maxdepth 1 -type f -exec cp {} dllm_strategies/assets/default/ \;
 }
 
