@@ -557,7 +557,7 @@ def test_train_filter_command_writes_a_filter_that_decodes(tmp_path):
     meta = json.loads(output.with_suffix(".json").read_text())
     assert (meta["width"], meta["hidden"], meta["threshold"]) == (8, 8, 0.96)
     facts = meta["training"]
-    assert facts["prompts"] == 6 and facts["epochs"] == 60 and facts["steps_collected"] >= 6 * 2
+    assert facts["prompts"] == [6] and facts["epochs"] == 60 and facts["steps_collected"] >= 6 * 2
     assert facts["final_loss"] < facts["first_loss"] and "validation" in facts
     assert facts["command"].startswith("dllm-strategies train-filter") and "--block-length 8" in facts["command"]
     with torch.inference_mode():
@@ -568,6 +568,31 @@ def test_train_filter_command_writes_a_filter_that_decodes(tmp_path):
     assert main(["train-filter", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "f.pt"),
                  "--prompts", "1", "--val-prompts", "0", "--epochs", "1", "--quiet"]) == 2
     with pytest.raises(ConfigError, match="gen_length=10 is not a multiple of block_length=4"):
-        FilterTraining(gen_length=10, block_length=4)
+        FilterTraining(gen_lengths=(8, 10), prompts=(1, 1), val_prompts=(0, 0), block_length=4)
+    with pytest.raises(ConfigError, match="prompts gives 1 counts for 2 generation lengths"):
+        FilterTraining(gen_lengths=(8, 16), block_length=4)
+    with pytest.raises(ConfigError, match="distinct"):
+        FilterTraining(gen_lengths=(8, 8), prompts=(1, 1), val_prompts=(0, 0), block_length=4)
     with pytest.raises(ConfigError, match="epochs must be at least 1"):
         FilterTraining(epochs=0)
+
+
+def test_train_filter_collects_every_gen_length_and_reports_each(tmp_path):
+    from dllm_strategies.cli import main
+    from dllm_strategies.models.tiny import tiny_model
+
+    tiny = tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=4)
+    tiny.module.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    output = tmp_path / "filter.safetensors"
+    assert main(["train-filter", "--model", str(tmp_path / "model"), "--output", str(output),
+                 "--gen-length", "8", "16", "--prompts", "4", "2", "--val-prompts", "0", "2", "--block-length", "8",
+                 "--batch-size", "4", "--epochs", "5", "--device", "cpu", "--quiet"]) == 0
+    facts = json.loads(output.with_suffix(".json").read_text())["training"]
+    by_length = facts["train_by_gen_length"]
+    # Every prompt decodes one block at gen 8 and two at gen 16: at least one oracle step per block.
+    assert by_length["8"]["steps"] >= 4 and by_length["16"]["steps"] >= 2 * 2
+    assert facts["steps_collected"] == by_length["8"]["steps"] + by_length["16"]["steps"]
+    assert list(facts["validation_by_gen_length"]) == ["16"]
+    assert facts["validation"]["steps"] == facts["validation_by_gen_length"]["16"]["steps"]
+    assert "--gen-length 8 16 --" in facts["command"] and "--prompts 4 2 " in facts["command"]

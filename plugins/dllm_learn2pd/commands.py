@@ -20,9 +20,12 @@ def dllm_commands(subparsers) -> None:
                     "(.safetensors) and its .json; use it with learned_filter(path=OUTPUT).")
     p.add_argument("--model", default="default", help="registered name or checkpoint directory (default: default)")
     p.add_argument("--output", required=True, help="filter file to write, NAME.safetensors (NAME.json beside it)")
-    p.add_argument("--prompts", type=int, default=1024, help="training prompts")
-    p.add_argument("--val-prompts", type=int, default=128, help="held-out prompts for the reported metrics")
-    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--gen-length", type=int, nargs="+", default=[64],
+                   help="generation length(s) the labels are collected at (default: 64)")
+    p.add_argument("--prompts", type=int, nargs="+", default=[1024],
+                   help="training prompts, one count per --gen-length (default: 1024)")
+    p.add_argument("--val-prompts", type=int, nargs="+", default=[128],
+                   help="held-out prompts for the reported metrics, one count per --gen-length (default: 128)")
     p.add_argument("--block-length", type=int, default=32, help="block length = the filter's width")
     p.add_argument("--batch-size", type=int, default=64, help="prompts decoded together while collecting")
     p.add_argument("--epochs", type=int, default=20_000)
@@ -57,7 +60,7 @@ def _train_filter(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"train-filter: bad task difficulty: {exc}") from exc
     config = FilterTraining(
-        prompts=args.prompts, val_prompts=args.val_prompts, gen_length=args.gen_length,
+        gen_lengths=args.gen_length, prompts=args.prompts, val_prompts=args.val_prompts,
         block_length=args.block_length, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, hidden=args.hidden, threshold=args.threshold, seed=args.seed,
         chat=not args.raw, difficulty=difficulty,
@@ -77,5 +80,8 @@ def _command_line(args: argparse.Namespace) -> str:
         if key in ("func", "command", "quiet", "threads", "device") or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+        if value is True:
+            parts.append(flag)
+        else:
+            parts += [flag, *(shlex.quote(str(v)) for v in (value if isinstance(value, list) else [value]))]
     return " ".join(parts)

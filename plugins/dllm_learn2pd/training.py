@@ -5,7 +5,9 @@ the EGP oracle against its own standard decode; at every oracle step, for each o
 block's positions, the feature is the top-1 softmax confidence (committed or not) and the label
 is ``argmax == reference``.  Training: binary cross-entropy, AdamW (lr 3e-3), the full data set
 as one batch, many epochs.  Here the prompts are the synthetic task's (chat template, the shipped
-test questions excluded), generation 64 and block 32 by default.
+test questions excluded), generation 64 and block 32 by default.  Several generation lengths may
+be collected into one data set (``gen_lengths``, a prompt count each): a filter meant for long
+generations then also sees the blocks a short one never has, e.g. whole blocks of end-of-text.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def _at_least(low: float):
     return check
 
 
+def _each(check):
+    def each(instance, attribute, values) -> None:
+        for value in values:
+            check(instance, attribute, value)
+
+    return each
+
+
 def _unit(instance, attribute, value) -> None:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"filter training: {attribute.name} must lie in [0, 1], got {value}")
@@ -50,9 +60,13 @@ class FilterTraining:
     """How a filter is trained.
 
     Attributes:
-        prompts: training prompts (synthetic task, test questions excluded).
-        val_prompts: further prompts, unseen in training, for the held-out metrics (0: none).
-        gen_length / block_length: decoding lengths; the filter's width is ``block_length``.
+        gen_lengths: generation lengths the labels are collected at (each a multiple of
+            ``block_length``, the filter's width).
+        prompts: training prompts per generation length (synthetic task, test questions
+            excluded); length ``i`` decodes the first ``prompts[i]`` questions of one pool.
+        val_prompts: further prompts per generation length, unseen in training, for the held-out
+            metrics (0: none); drawn the same way from a second pool.
+        block_length: the block length, i.e. the filter's width.
         batch_size: prompts decoded together while collecting.
         epochs: full-batch optimisation steps.
         lr / weight_decay: AdamW's.
@@ -63,9 +77,9 @@ class FilterTraining:
         difficulty: the synthetic task's knobs.
     """
 
-    prompts: int = attrs.field(default=1024, validator=_at_least(1))
-    val_prompts: int = attrs.field(default=128, validator=_at_least(0))
-    gen_length: int = attrs.field(default=64, validator=_at_least(1))
+    gen_lengths: tuple[int, ...] = attrs.field(default=(64,), converter=tuple, validator=_each(_at_least(1)))
+    prompts: tuple[int, ...] = attrs.field(default=(1024,), converter=tuple, validator=_each(_at_least(1)))
+    val_prompts: tuple[int, ...] = attrs.field(default=(128,), converter=tuple, validator=_each(_at_least(0)))
     block_length: int = attrs.field(default=32, validator=_at_least(1))
     batch_size: int = attrs.field(default=64, validator=_at_least(1))
     epochs: int = attrs.field(default=20_000, validator=_at_least(1))
@@ -78,8 +92,16 @@ class FilterTraining:
     difficulty: task.Difficulty = task.Difficulty()
 
     def __attrs_post_init__(self) -> None:
-        if self.gen_length % self.block_length:
-            raise ConfigError(f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}")
+        n = len(self.gen_lengths)
+        for name in ("prompts", "val_prompts"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"filter training: {name} gives {len(getattr(self, name))} counts for "
+                                  f"{n} generation lengths {self.gen_lengths}; give one count per length")
+        if n == 0 or len(set(self.gen_lengths)) != n:
+            raise ConfigError(f"filter training: gen_lengths must be distinct and at least one, got {self.gen_lengths}")
+        for g in self.gen_lengths:
+            if g % self.block_length:
+                raise ConfigError(f"gen_length={g} is not a multiple of block_length={self.block_length}")
 
 
 @attrs.frozen
@@ -103,10 +125,11 @@ class OracleSteps:
 
 
 def split_prompts(config: FilterTraining) -> tuple[list[str], list[str]]:
-    """Training and validation questions of the synthetic task: distinct, none from the test split."""
+    """The training and validation pools of the synthetic task (as many questions as the largest
+    count asks for): distinct, none from the test split."""
     exclude = frozenset(p.question for p in task.test_problems())
-    train = [p.question for p in task.generate(config.prompts, config.seed, config.difficulty, exclude)]
-    val = [p.question for p in task.generate(config.val_prompts, config.seed + 1, config.difficulty,
+    train = [p.question for p in task.generate(max(config.prompts), config.seed, config.difficulty, exclude)]
+    val = [p.question for p in task.generate(max(config.val_prompts), config.seed + 1, config.difficulty,
                                              exclude | frozenset(train))]
     return train, val
 
@@ -141,6 +164,12 @@ def collect(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], *, gen
         raise ConfigError("no prompts to collect oracle labels from")
     return OracleSteps(features=torch.cat(features), labels=torch.cat(labels), masked=torch.cat(masked),
                        prompts=len(prompts))
+
+
+def concat(parts: Sequence[OracleSteps]) -> OracleSteps:
+    """One data set of the rows of ``parts`` (same width), e.g. collected at several lengths."""
+    return OracleSteps(features=torch.cat([p.features for p in parts]), labels=torch.cat([p.labels for p in parts]),
+                       masked=torch.cat([p.masked for p in parts]), prompts=sum(p.prompts for p in parts))
 
 
 def metrics(network: FilterMLP, data: OracleSteps, threshold: float) -> dict[str, float | None]:
@@ -197,12 +226,16 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output must name a .safetensors file (its .json goes beside it), got {str(output)!r}")
-    train_prompts, val_prompts = split_prompts(config)
-    lengths = {"gen_length": config.gen_length, "block_length": config.block_length,
-               "batch_size": config.batch_size, "chat": config.chat, "seed": config.seed}
-    train = collect(model, train_prompts, progress=progress, **lengths)
-    log(f"collected {len(train)} oracle steps from {train.prompts} prompts "
-        f"({100 * float(train.labels.mean()):.1f}% of block positions match the reference)")
+    train_pool, val_pool = split_prompts(config)
+    shared = {"block_length": config.block_length, "batch_size": config.batch_size, "chat": config.chat,
+              "seed": config.seed}
+    parts = []
+    for g, n in zip(config.gen_lengths, config.prompts):
+        part = collect(model, train_pool[:n], gen_length=g, progress=progress, **shared)
+        log(f"gen {g}: collected {len(part)} oracle steps from {part.prompts} prompts "
+            f"({100 * float(part.labels.mean()):.1f}% of block positions match the reference)")
+        parts.append(part)
+    train = concat(parts)
     network, losses = fit(train, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                           hidden=config.hidden, seed=config.seed, progress=progress)
     facts: dict[str, Any] = {
@@ -214,9 +247,17 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
         "steps_collected": len(train), "first_loss": losses[0], "final_loss": losses[-1],
         "train": metrics(network, train, config.threshold),
     }
-    if val_prompts:
-        val = collect(model, val_prompts, progress=progress, **lengths)
+    if len(config.gen_lengths) > 1:
+        facts["train_by_gen_length"] = {str(g): {"steps": len(part), **metrics(network, part, config.threshold)}
+                                        for g, part in zip(config.gen_lengths, parts)}
+    val_parts = {g: collect(model, val_pool[:n], gen_length=g, progress=progress, **shared)
+                 for g, n in zip(config.gen_lengths, config.val_prompts) if n}
+    if val_parts:
+        val = concat(list(val_parts.values()))
         facts["validation"] = {"steps": len(val), **metrics(network, val, config.threshold)}
+        if len(config.gen_lengths) > 1:
+            facts["validation_by_gen_length"] = {str(g): {"steps": len(part), **metrics(network, part, config.threshold)}
+                                                 for g, part in val_parts.items()}
     save_filter(network, output, threshold=config.threshold, training=facts)
     log(f"saved {output} (+ {output.with_suffix('.json').name}): loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return facts
