@@ -25,7 +25,8 @@ class LearnedFilter(Plugin):
 
     A small MLP (``Linear(32,32) -> ReLU -> Linear(32,32)``) trained to imitate the EGP oracle
     reads the top-1 softmax confidence of each of the block's positions (committed or not) and
-    accepts a still-masked position when ``sigmoid(logit) > threshold`` (0.96).  The step commits
+    accepts a still-masked position when ``sigmoid(logit) > threshold`` (the paper's 0.96; the
+    threshold stored with the filter, 0.995 for the shipped one).  The step commits
     the union of the accepted positions and the baseline's own top-k for the step (the schedule's
     budget, as LLaDA's low-confidence remasking would), so progress never depends on the filter.
     The filter's width must equal the block length.  Train one with ``dllm-strategies
@@ -36,7 +37,8 @@ class LearnedFilter(Plugin):
     class Options:
         """Attributes:
             path: a filter file (``.safetensors`` with its ``.json``); none: the shipped default.
-            threshold: accept threshold on the filter's sigmoid; none: the file's (0.96).
+            threshold: accept threshold on the filter's sigmoid; none: the file's (0.995 for
+                the shipped filter).
         """
 
         path: Path | None = None
