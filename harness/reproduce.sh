@@ -42,7 +42,7 @@ distill() {
             --problems 4096 --seed 1 --threads "$THREADS"
     "$DLLM" distill train --data "$RUNS/dparallel/trajectories" \
         --output plugins/dllm_certainty_forcing/assets/default-dparallel --work-dir "$RUNS/dparallel/work" \
-        --steps 120 --batch-size 64 --lr 2e-5 --eval-every 40 --threads "$THREADS"
+        --steps 120 --batch-size 64 --lr 2e-5 --pad-length 256 --eval-every 0 --threads "$THREADS"
 }
 
 bench() {
