@@ -192,6 +192,15 @@ def metrics(network: FilterMLP, data: OracleSteps, threshold: float) -> dict[str
     }
 
 
+def _with_steps(network: FilterMLP, data: OracleSteps, threshold: float) -> dict[str, Any]:
+    return {"steps": len(data), **metrics(network, data, threshold)}
+
+
+def _by_length(network: FilterMLP, parts: dict[int, OracleSteps], threshold: float) -> dict[str, dict[str, Any]]:
+    """:func:`metrics` (with the step count) of each generation length's rows, keyed by the length."""
+    return {str(g): _with_steps(network, part, threshold) for g, part in parts.items()}
+
+
 def fit(data: OracleSteps, *, epochs: int = 20_000, lr: float = 3e-3, weight_decay: float = 0.01,
         hidden: int | None = None, seed: int = 0, progress: bool = False) -> tuple[FilterMLP, list[float]]:
     """Train a :class:`FilterMLP` on ``data`` with BCE, AdamW, full batch; returns it and the loss
@@ -229,13 +238,12 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
     train_pool, val_pool = split_prompts(config)
     shared = {"block_length": config.block_length, "batch_size": config.batch_size, "chat": config.chat,
               "seed": config.seed}
-    parts = []
+    parts = {}
     for g, n in zip(config.gen_lengths, config.prompts):
-        part = collect(model, train_pool[:n], gen_length=g, progress=progress, **shared)
+        part = parts[g] = collect(model, train_pool[:n], gen_length=g, progress=progress, **shared)
         log(f"gen {g}: collected {len(part)} oracle steps from {part.prompts} prompts "
             f"({100 * float(part.labels.mean()):.1f}% of block positions match the reference)")
-        parts.append(part)
-    train = concat(parts)
+    train = concat(list(parts.values()))
     network, losses = fit(train, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                           hidden=config.hidden, seed=config.seed, progress=progress)
     facts: dict[str, Any] = {
@@ -247,17 +255,15 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
         "steps_collected": len(train), "first_loss": losses[0], "final_loss": losses[-1],
         "train": metrics(network, train, config.threshold),
     }
-    if len(config.gen_lengths) > 1:
-        facts["train_by_gen_length"] = {str(g): {"steps": len(part), **metrics(network, part, config.threshold)}
-                                        for g, part in zip(config.gen_lengths, parts)}
+    several = len(config.gen_lengths) > 1
+    if several:
+        facts["train_by_gen_length"] = _by_length(network, parts, config.threshold)
     val_parts = {g: collect(model, val_pool[:n], gen_length=g, progress=progress, **shared)
                  for g, n in zip(config.gen_lengths, config.val_prompts) if n}
     if val_parts:
-        val = concat(list(val_parts.values()))
-        facts["validation"] = {"steps": len(val), **metrics(network, val, config.threshold)}
-        if len(config.gen_lengths) > 1:
-            facts["validation_by_gen_length"] = {str(g): {"steps": len(part), **metrics(network, part, config.threshold)}
-                                                 for g, part in val_parts.items()}
+        facts["validation"] = _with_steps(network, concat(list(val_parts.values())), config.threshold)
+        if several:
+            facts["validation_by_gen_length"] = _by_length(network, val_parts, config.threshold)
     save_filter(network, output, threshold=config.threshold, training=facts)
     log(f"saved {output} (+ {output.with_suffix('.json').name}): loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return facts
