@@ -49,11 +49,13 @@ bench() {
     "$DLLM" bench --threads "$THREADS" --out "$RUNS/bench-default" --resume
     "$DLLM" bench --matrix harness/matrices/default-model.yaml --limit 0 --batch-size 100 \
         --threads "$THREADS" --out "$RUNS/bench-default-model" --resume
-    # methods-256 on all 500 held-out problems, the sweeps on the first 200.
-    for run in methods-256:0 sweeps-256:200; do
-        "$DLLM" bench --matrix "harness/matrices/${run%:*}.yaml" --gen-lengths 256 --limit "${run#*:}" \
-            --baseline-model default --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-${run%:*}" --resume
-    done
+    bench_256 methods-256 0      # all 500 held-out problems
+    bench_256 sweeps-256 200     # the first 200
+}
+
+bench_256() {  # MATRIX PROBLEMS (0: all): a gen-256 matrix against the default model's baseline
+    "$DLLM" bench --matrix "harness/matrices/$1.yaml" --gen-lengths 256 --limit "$2" --baseline-model default \
+        --batch-size 100 --threads "$THREADS" --out "$RUNS/bench-$1" --resume
 }
 
 case "${1:-}" in
