@@ -228,7 +228,7 @@ class Run:
         state = self.state
         return DecodeResult(
             tokens=state.response, text=_texts(self.model, state.response, state.config), steps=state.taken,
-            nfe=state.nfe, forwards=self.metered.calls, positions=self.metered.positions,
+            nfe=state.nfe, block_nfe=state.block_nfe, forwards=self.metered.calls, positions=self.metered.positions,
             commit_step=state.commit_step, forced=self.forced, wall_time=time.perf_counter() - self.started,
             trace=torch.stack(self.frames) if self.frames else None,
         )
@@ -370,8 +370,11 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
         response = response.masked_fill(revoke, config.mask_id)
         commit_step = commit_step.masked_fill(revoke, -1)
     same_window = plan.window_start == state.window_start
+    block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
+    block_nfe = state.block_nfe.scatter_add(1, block, torch.full_like(block, forwards))
     new = attrs.evolve(
-        state, response=response, commit_step=commit_step, nfe=state.nfe + forwards, taken=state.taken + 1,
+        state, response=response, commit_step=commit_step, nfe=state.nfe + forwards, block_nfe=block_nfe,
+        taken=state.taken + 1,
         window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
     )
     return new, Commit(mask=chosen, tokens=values, revoke=revoke), forced

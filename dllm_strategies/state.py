@@ -106,6 +106,8 @@ class DecodeState:
         finished: (B,) bool.
         step: steps taken so far (0 before the first).
         nfe: (B,) forward passes each row took part in.
+        block_nfe: (B, num_blocks) of those, the ones spent while each block (of
+            ``config.block_length`` columns) held the row's open window.
         taken: (B,) steps each row has taken (a finished row stops counting).
         window_start / window_steps: (B,) the window (block) start of the last plan and how
             many consecutive steps used it: the step index inside the current block.
@@ -122,6 +124,7 @@ class DecodeState:
     live_length: torch.Tensor = _tensor
     finished: torch.Tensor = _tensor
     nfe: torch.Tensor = _tensor
+    block_nfe: torch.Tensor = _tensor
     taken: torch.Tensor = _tensor
     window_start: torch.Tensor = _tensor
     window_steps: torch.Tensor = _tensor
@@ -144,7 +147,8 @@ class DecodeState:
             response=torch.full((B, G), config.mask_id, dtype=torch.long, device=device),
             live_length=torch.full((B,), G, dtype=torch.long, device=device),
             finished=torch.zeros(B, dtype=torch.bool, device=device),
-            nfe=zeros, taken=zeros, window_start=torch.full((B,), -1, dtype=torch.long, device=device),
+            nfe=zeros, block_nfe=torch.zeros(B, config.num_blocks, dtype=torch.long, device=device),
+            taken=zeros, window_start=torch.full((B,), -1, dtype=torch.long, device=device),
             window_steps=zeros, commit_step=torch.full((B, G), -1, dtype=torch.long, device=device),
             rows=torch.arange(B, device=device), step=0, reference=reference, extras=dict(extras or {}),
         )
@@ -199,7 +203,7 @@ class DecodeState:
         return attrs.evolve(self, step=part.step, **merged)
 
 
-_ROW_FIELDS = ("prompt", "prompt_mask", "response", "live_length", "finished", "nfe", "taken",
+_ROW_FIELDS = ("prompt", "prompt_mask", "response", "live_length", "finished", "nfe", "block_nfe", "taken",
                "window_start", "window_steps", "commit_step", "rows")
 
 
@@ -292,6 +296,9 @@ class DecodeResult:
         text: decoded text per row, cut at the first end-of-text/end-of-turn token.
         steps: (B,) steps each row took.
         nfe: (B,) forward passes each row took part in.
+        block_nfe: (B, num_blocks) the part of ``nfe`` spent while each block of
+            ``block_length`` columns held the row's open window (the answer / tail split of
+            docs/metrics.md is read from it).
         forwards: model calls in the whole run (a batch forward counts once).
         positions: token positions the model processed in the whole run (cost of the calls).
         commit_step: (B, G) the step each position got its final token (-1: filled by a cut).
@@ -304,6 +311,7 @@ class DecodeResult:
     text: list[str] = attrs.field(factory=list)
     steps: torch.Tensor = _tensor
     nfe: torch.Tensor = _tensor
+    block_nfe: torch.Tensor = _tensor
     forwards: int = 0
     positions: int = 0
     commit_step: torch.Tensor = _tensor
