@@ -9,6 +9,12 @@
   End-of-text tokens are never counted.
 * **TPF** (tokens per forward) of a set: ``sum(answer tokens) / sum(NFE)`` over the set
   (d3LLM's definition), not a mean of per-request ratios.
+* **Answer forwards** / **tail forwards** of a request: its NFE split by the block of
+  ``block_length`` response columns that held its open window (``DecodeResult.block_nfe``): the
+  forwards spent while that block held at least one answer token, and the rest, spent on blocks
+  that hold none (all end-of-text, cut by end-of-text truncation, or past a stop sequence).  See
+  :func:`split_forwards`.
+* **Answer TPF** of a set: ``sum(answer tokens) / sum(answer forwards)``.
 * **Tokens per second** of a set: ``sum(answer tokens) / sum(decode wall seconds)``; the wall
   time of a batch is shared equally by its rows; model loading and tokenisation are outside it.
 * **Speedup** of a method: ``baseline seconds / method seconds`` on the same problems, the same
@@ -83,6 +89,34 @@ def answer_lengths(tokens: torch.Tensor, eot_ids: Iterable[int], *, tokenizer: A
     return torch.tensor(out, dtype=torch.long, device=tokens.device)
 
 
+def split_forwards(block_nfe: torch.Tensor, answer_tokens: torch.Tensor,
+                   gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) answer forwards and (B,) tail forwards of each row; they sum to its NFE.
+
+    The answer is a prefix of the response, so a row's answer blocks are its first
+    ``ceil(answer tokens / block_length)`` blocks: every block that holds at least one answer
+    token, the one holding the last answer token and the first end-of-text included.  The other
+    blocks are the tail.  An empty answer (end-of-text first) makes every forward a tail forward.
+
+    Args:
+        block_nfe: (B, num_blocks) forwards per block that held the row's open window
+            (``DecodeResult.block_nfe``).
+        answer_tokens: (B,) answer tokens per row (:func:`answer_lengths`).
+        gen_length: response columns decoded (``DecodeResult.tokens.shape[1]``).
+    """
+    if block_nfe.dim() != 2 or answer_tokens.shape != block_nfe.shape[:1]:
+        raise ConfigError(f"split_forwards: block_nfe must be (B, num_blocks) and answer_tokens (B,), got "
+                          f"{tuple(block_nfe.shape)} and {tuple(answer_tokens.shape)}")
+    num_blocks = block_nfe.shape[1]
+    if num_blocks < 1 or gen_length % num_blocks:
+        raise ConfigError(f"split_forwards: gen_length={gen_length} is not {num_blocks} blocks of equal length; "
+                          "pass the response length the decode that gave block_nfe used")
+    block_length = gen_length // num_blocks
+    starts = torch.arange(num_blocks, device=block_nfe.device) * block_length
+    answer = starts[None, :] < answer_tokens.to(block_nfe.device)[:, None]
+    return (block_nfe * answer).sum(1), (block_nfe * ~answer).sum(1)
+
+
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """``text`` up to the first occurrence of any stop string (lm-eval's ``until``)."""
     cut = len(text)
@@ -112,6 +146,8 @@ class RequestCost:
         gen_length: response positions decoded (0 for likelihood requests).
         hit_length: the response filled every position without an end-of-text token, so the
             answer may have been cut by ``gen_length``.
+        answer_forwards / tail_forwards: ``nfe`` split by :func:`split_forwards`; None where
+            there is no split (likelihood requests, bench records journaled before it existed).
     """
 
     kind: str
@@ -123,6 +159,8 @@ class RequestCost:
     seconds: float
     gen_length: int = 0
     hit_length: bool = False
+    answer_forwards: int | None = None
+    tail_forwards: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -136,6 +174,8 @@ class CostTotals:
         requests: how many requests.
         nfe / steps / answer_tokens / seconds: sums over the requests.
         hit_length: requests whose response reached ``gen_length`` without an end-of-text.
+        answer_forwards / tail_forwards: sums over the requests; None unless every request
+            has the split (a sum over part of the set would understate it).
     """
 
     requests: int = 0
@@ -144,13 +184,18 @@ class CostTotals:
     answer_tokens: int = 0
     seconds: float = 0.0
     hit_length: int = 0
+    answer_forwards: int | None = 0
+    tail_forwards: int | None = 0
 
     @classmethod
     def of(cls, costs: Iterable[RequestCost]) -> CostTotals:
         costs = list(costs)
+        split = all(c.answer_forwards is not None and c.tail_forwards is not None for c in costs)
         return cls(requests=len(costs), nfe=sum(c.nfe for c in costs), steps=sum(c.steps for c in costs),
                    answer_tokens=sum(c.answer_tokens for c in costs), seconds=sum(c.seconds for c in costs),
-                   hit_length=sum(c.hit_length for c in costs))
+                   hit_length=sum(c.hit_length for c in costs),
+                   answer_forwards=sum(c.answer_forwards for c in costs) if split else None,
+                   tail_forwards=sum(c.tail_forwards for c in costs) if split else None)
 
     @property
     def mean_nfe(self) -> float:
@@ -168,12 +213,33 @@ class CostTotals:
     def tokens_per_second(self) -> float:
         return tokens_per_second(self.answer_tokens, self.seconds)
 
+    @property
+    def mean_answer_forwards(self) -> float | None:
+        return _mean(self.answer_forwards, self.requests)
+
+    @property
+    def mean_tail_forwards(self) -> float | None:
+        return _mean(self.tail_forwards, self.requests)
+
+    @property
+    def answer_tpf(self) -> float | None:
+        """Answer tokens per answer forward (None without the split)."""
+        return None if self.answer_forwards is None else tokens_per_forward(self.answer_tokens, self.answer_forwards)
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready totals and derived metrics."""
         return {"requests": self.requests, "nfe": self.nfe, "mean_nfe": self.mean_nfe, "steps": self.steps,
                 "mean_steps": self.mean_steps, "answer_tokens": self.answer_tokens, "tpf": self.tpf,
-                "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
+                "answer_forwards": self.answer_forwards, "tail_forwards": self.tail_forwards,
+                "mean_answer_forwards": self.mean_answer_forwards, "mean_tail_forwards": self.mean_tail_forwards,
+                "answer_tpf": self.answer_tpf, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
                 "hit_length": self.hit_length}
+
+
+def _mean(total: int | None, requests: int) -> float | None:
+    if total is None:
+        return None
+    return total / requests if requests else 0.0
 
 
 def summarize(costs: Iterable[RequestCost]) -> dict[str, Any]:
