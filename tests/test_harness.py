@@ -489,6 +489,9 @@ def test_bench_writes_the_table_json_and_pictures(checkpoint, tmp_path, capsys):
     four = entries["low_confidence tokens_per_step=4"]
     assert four["mean_nfe"] == 4 and four["tpf"] == pytest.approx(four["answer_tokens"] / 12)
     assert len(four["records"]) == 3 and four["trajectory"]["index"] == 1
+    assert all(r["answer_forwards"] + r["tail_forwards"] == r["nfe"] for r in four["records"])
+    assert four["mean_answer_forwards"] + four["mean_tail_forwards"] == pytest.approx(four["mean_nfe"])
+    assert "| answer NFE | tail NFE | TPF | answer TPF |" in table
     assert max(four["trajectory"]["commit_step"]) == 3
     assert data["aup"][0]["method"] == "low_confidence" and data["aup"][0]["points"] == 3
     for name in ("pareto.png", "tpf_accuracy.png", "trajectory.png"):

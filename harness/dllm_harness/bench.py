@@ -40,7 +40,9 @@ DEFAULT_BATCH_SIZE = 32
 
 @attrs.frozen
 class ProblemRecord:
-    """One problem decoded by one entry."""
+    """One problem decoded by one entry.  ``answer_forwards`` + ``tail_forwards`` = ``nfe``
+    (:func:`dllm_harness.metrics.split_forwards`); None in records journaled before the split
+    existed, so that an old run still resumes (its tables then show no split)."""
 
     index: int
     answer: int
@@ -51,6 +53,8 @@ class ProblemRecord:
     answer_tokens: int
     seconds: float
     text: str
+    answer_forwards: int | None = None
+    tail_forwards: int | None = None
 
 
 @attrs.frozen
@@ -83,7 +87,8 @@ class EntryResult:
     def totals(self) -> metrics.CostTotals:
         return metrics.CostTotals.of(
             metrics.RequestCost(kind="bench", task=self.entry.display, doc_id=r.index, nfe=r.nfe, steps=r.steps,
-                                answer_tokens=r.answer_tokens, seconds=r.seconds) for r in self.records)
+                                answer_tokens=r.answer_tokens, seconds=r.seconds, answer_forwards=r.answer_forwards,
+                                tail_forwards=r.tail_forwards) for r in self.records)
 
     @property
     def accuracy(self) -> float:
@@ -101,6 +106,8 @@ class EntryResult:
                 "knob": e.knob, "knob_value": e.knob_value, "baseline": e.baseline,
                 "problems": len(self.records), "correct": sum(r.correct for r in self.records),
                 "accuracy": self.accuracy, "mean_nfe": t.mean_nfe, "mean_steps": t.mean_steps, "tpf": t.tpf,
+                "mean_answer_forwards": t.mean_answer_forwards, "mean_tail_forwards": t.mean_tail_forwards,
+                "answer_tpf": t.answer_tpf, "answer_forwards": t.answer_forwards, "tail_forwards": t.tail_forwards,
                 "tokens_per_second": t.tokens_per_second, "seconds": t.seconds, "answer_tokens": t.answer_tokens,
                 "speedup": self.speedup}
 
@@ -118,14 +125,17 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
             result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
                             block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat)
         _share_as_reference(model, [p.question for p in chunk], result.tokens, entry, chat)
-        answers = metrics.answer_lengths(result.tokens, stop_ids).tolist()
-        share = result.wall_time / len(chunk)
+        answers = metrics.answer_lengths(result.tokens, stop_ids)
+        answer_fw, tail_fw = metrics.split_forwards(result.block_nfe, answers, result.tokens.shape[1])
+        answers, answer_fw, tail_fw = answers.tolist(), answer_fw.tolist(), tail_fw.tolist()
+        seconds_each = result.wall_time / len(chunk)  # a batch's wall time is shared equally by its rows
         nfe, steps = result.nfe.tolist(), result.steps.tolist()
         for row, problem in enumerate(chunk):
             predicted = extract_answer(result.text[row])
             records.append(ProblemRecord(index=start + row, answer=problem.answer, predicted=predicted,
                                          correct=predicted == problem.answer, nfe=nfe[row], steps=steps[row],
-                                         answer_tokens=answers[row], seconds=share, text=result.text[row]))
+                                         answer_tokens=answers[row], seconds=seconds_each, text=result.text[row],
+                                         answer_forwards=answer_fw[row], tail_forwards=tail_fw[row]))
         if start <= example < start + len(chunk):
             row = example - start
             tokens = result.tokens[row]
@@ -273,8 +283,10 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, b
                     journal.add(entry, result.records, result.trajectory)
             results.append(result)
             t = result.totals
+            split = "" if t.answer_tpf is None else (f" (answer {t.mean_answer_forwards:.1f} + tail "
+                                                      f"{t.mean_tail_forwards:.1f}, answer TPF {t.answer_tpf:.2f})")
             bar.write(f"{entry.display:<40} gen {entry.gen_length:<4} acc {result.accuracy:5.1f}%  "
-                      f"NFE {t.mean_nfe:6.1f}  TPF {t.tpf:5.2f}  {t.tokens_per_second:7.1f} tok/s"
+                      f"NFE {t.mean_nfe:6.1f}  TPF {t.tpf:5.2f}{split}  {t.tokens_per_second:7.1f} tok/s"
                       + ("  (from the journal)" if saved is not None else ""))
             bar.update(1)
         del model

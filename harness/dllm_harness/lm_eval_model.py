@@ -31,9 +31,10 @@ Data parallel: under ``accelerate launch --num_processes N`` or ``torchrun --npr
 ``device=cpu``), takes its device, rank (``process_index``) and world size, and lets lm-eval split
 the requests across processes, as lm-eval's HF model does.
 
-Costs (steps, NFE, answer tokens, wall time; TPF and tokens/s as :mod:`dllm_harness.metrics`
-defines them) are recorded per request in :attr:`DllmLM.costs`, gathered from every process, and
-reported in the results under ``config.dllm.costs`` (lm-eval adds :meth:`DllmLM.get_model_info`).
+Costs (steps, NFE split into answer and tail forwards, answer tokens, wall time; TPF, answer TPF
+and tokens/s as :mod:`dllm_harness.metrics` defines them) are recorded per request in
+:attr:`DllmLM.costs`, gathered from every process, and reported in the results under
+``config.dllm.costs`` (lm-eval adds :meth:`DllmLM.get_model_info`).
 """
 
 from __future__ import annotations
@@ -245,8 +246,10 @@ class DllmLM(LM):
             totals = metrics.CostTotals.of(costs)
             line = f"dllm {kind}: {totals.requests} requests, mean NFE {totals.mean_nfe:.1f}, {totals.seconds:.1f} s"
             if kind == "generate_until":
-                line += (f", mean steps {totals.mean_steps:.1f}, TPF {totals.tpf:.2f}, "
-                         f"{totals.tokens_per_second:.1f} tokens/s, {totals.hit_length} reached gen_length")
+                line += (f", mean steps {totals.mean_steps:.1f}, mean answer / tail forwards "
+                         f"{totals.mean_answer_forwards:.1f} / {totals.mean_tail_forwards:.1f}, TPF {totals.tpf:.2f}, "
+                         f"answer TPF {totals.answer_tpf:.2f}, {totals.tokens_per_second:.1f} tokens/s, "
+                         f"{totals.hit_length} reached gen_length")
             print(line, file=sys.stderr)
 
     def _spec_for(self, gen_kwargs: dict[str, Any]) -> str:
@@ -320,6 +323,7 @@ class DllmLM(LM):
                                                     skip_special_tokens=True)
                 answers = metrics.answer_lengths(result.tokens, stop_ids, tokenizer=self.tokenizer, stops=until,
                                                  max_tokens=max_toks)
+                answer_fw, tail_fw = metrics.split_forwards(result.block_nfe, answers, gen_length)
                 hit = ~torch.isin(result.tokens, torch.tensor(stop_ids, device=result.tokens.device)).any(1)
                 share = result.wall_time / len(batch)
                 for row, i in enumerate(batch):
@@ -329,7 +333,8 @@ class DllmLM(LM):
                         costs.append(metrics.RequestCost(
                             kind="generate_until", task=str(requests[i].task_name), doc_id=int(requests[i].doc_id or 0),
                             nfe=int(result.nfe[row]), steps=int(result.steps[row]), answer_tokens=int(answers[row]),
-                            seconds=share, gen_length=gen_length, hit_length=bool(hit[row])))
+                            seconds=share, gen_length=gen_length, hit_length=bool(hit[row]),
+                            answer_forwards=int(answer_fw[row]), tail_forwards=int(tail_fw[row])))
                 bar.update(1)
         bar.close()
         self._record("generate_until", costs)

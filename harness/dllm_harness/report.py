@@ -9,7 +9,10 @@ from typing import Any
 
 import attrs
 
-COLUMNS = ("model", "gen", "block", "strategy", "steps", "accuracy %", "mean NFE", "TPF", "tokens/s", "speedup")
+# "answer NFE" + "tail NFE" = "mean NFE": the mean forwards spent on blocks holding answer tokens
+# and on the end-of-text tail (docs/metrics.md); at a long gen length the tail can dominate.
+COLUMNS = ("model", "gen", "block", "strategy", "steps", "accuracy %", "mean NFE", "answer NFE", "tail NFE", "TPF",
+           "answer TPF", "tokens/s", "speedup")
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -21,14 +24,17 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
     """The results table, the AUP of each method with several points, then the best combinations
     (:func:`dllm_harness.bench.best_combinations`)."""
     lines = [f"Benchmark on {meta['problem_set']} (seed {meta['seed']}, batch {meta['batch_size']}, "
-             f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md.", "",
+             f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md; answer NFE + tail NFE = mean NFE, "
+             "the forwards spent on blocks that hold answer tokens and on blocks that end up all end-of-text; "
+             "answer TPF = answer tokens / answer NFE.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in results:
         s = r.summary()
         name = f"**{s['label']}**" if s["baseline"] else s["label"]
         speed = "1.00x (baseline)" if s["baseline"] else (f"{s['speedup']:.2f}x" if s["speedup"] else "-")
         cells = [s["model"], str(s["gen_length"]), str(s["block_length"]), name, str(s["steps"]),
-                 _number(s["accuracy"], 1), _number(s["mean_nfe"], 1), _number(s["tpf"], 2),
+                 _number(s["accuracy"], 1), _number(s["mean_nfe"], 1), _number(s["mean_answer_forwards"], 1),
+                 _number(s["mean_tail_forwards"], 1), _number(s["tpf"], 2), _number(s["answer_tpf"], 2),
                  _number(s["tokens_per_second"], 1), speed]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if aups:
