@@ -1,0 +1,129 @@
+"""DiffusionGemma: transformers' own ``generate()`` pinned on a tiny random model, and our decode
+loop reproducing it token for token (uniform-state process, exact encoder cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from dllm_strategies.models.diffusion_gemma import Generation, tiny_diffusion_gemma
+
+PROMPTS = ["Tom has 3 apples", "hi", "What is two plus two ?", "abc def"]
+# Canvases stop at different steps (stability 0: confidence alone decides), and rows end at
+# different canvases (row 2 in its first): every branch of generate's loop runs.
+STOPPING = Generation(max_denoising_steps=6, stability_threshold=0, confidence_threshold=0.6)
+# transformers' defaults with fewer steps: stability 1 (the argmax must repeat).
+DEFAULTS = Generation(max_denoising_steps=6)
+
+
+@pytest.fixture(scope="module")
+def dg():
+    return tiny_diffusion_gemma(sharpness=30.0, seed=1)
+
+
+def batch(model, prompts):
+    rows = [model.tokenizer(p)["input_ids"] for p in prompts]
+    width = max(map(len, rows))
+    ids = torch.tensor([[model.fill_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return ids, mask
+
+
+def generate(model, ids, mask, *, seed: int, canvases: int, generation: Generation):
+    """``model.generate()`` seeded; (new tokens (B, canvases * L) padded with pad, decoder passes (B,))."""
+    g = generation
+    torch.manual_seed(seed)
+    out = model.module.generate(
+        ids, attention_mask=mask, max_new_tokens=canvases * model.block_length,
+        max_denoising_steps=g.max_denoising_steps, t_min=g.t_min, t_max=g.t_max,
+        stability_threshold=g.stability_threshold, confidence_threshold=g.confidence_threshold,
+        eos_token_id=list(model.eot_ids), pad_token_id=model.fill_id)
+    new = out.sequences[:, ids.shape[1]:]
+    # generate reports tokens_per_forward = (non-pad tokens) / decoder_forward_passes, per row.
+    valid = (new != model.fill_id).sum(1)
+    passes = torch.round(valid / out.tokens_per_forward).long()
+    width = canvases * model.block_length
+    padded = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=model.fill_id)
+    return padded, passes
+
+
+def reference(model, ids, mask, *, seed: int, canvases: int, generation: Generation):
+    """generate's loop written out from PAPERS.md ("Block diffusion"): per canvas one encoder
+    pass, a randint canvas, then per pass multinomial then randint; entropy-bound acceptance;
+    stable-and-confident stop; end-of-text handling after each canvas."""
+    g, module, L, V = generation, model.module, model.block_length, model.vocab_size
+    B, P = ids.shape
+    rng = torch.Generator().manual_seed(seed)
+    cache = DynamicCache(config=module.config.get_text_config(decoder=True))
+    attention, out = mask.clone(), []
+    finished = torch.zeros(B, dtype=torch.bool)
+    passes = torch.zeros(B, dtype=torch.long)
+    enc_ids, enc_pos = ids, torch.arange(P)[None]
+    eos = torch.tensor(model.eot_ids)
+    for k in range(canvases):
+        encoder = module.model.encoder
+        masks = encoder.create_masks_for_generate(config=module.config, inputs_embeds=torch.empty(B, enc_ids.shape[1], 0),
+                                                  attention_mask=attention, cache=cache, position_ids=enc_pos)
+        encoder(input_ids=enc_ids, attention_mask=masks, cache=cache, position_ids=enc_pos)
+        canvas = torch.randint(0, V, (B, L), generator=rng)
+        dec_pos = torch.arange(P + k * L, P + (k + 1) * L)[None]
+        dec_masks = module.model.decoder.create_diffusion_decoder_attention_mask(
+            config=module.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache,
+            decoder_attention_mask=torch.nn.functional.pad(attention, (0, L), value=True))
+        sc, argmax, done, history = None, canvas, torch.zeros(B, dtype=torch.bool), None
+        for step in range(g.max_denoising_steps, 0, -1):
+            passes += ~(done | finished)
+            raw = module(decoder_input_ids=canvas, self_conditioning_logits=sc, decoder_attention_mask=dec_masks,
+                         cache=cache, decoder_position_ids=dec_pos).logits
+            temperature = g.t_min + (g.t_max - g.t_min) * (torch.tensor(step, dtype=torch.int32) / g.max_denoising_steps)
+            processed = raw / temperature
+            sample = torch.multinomial(torch.softmax(processed, -1, dtype=torch.float32).view(-1, V), 1,
+                                       generator=rng).view(B, L)
+            new_argmax = processed.argmax(-1)
+            entropy = torch.distributions.Categorical(logits=processed).entropy()
+            ordered, order = torch.sort(entropy, -1)
+            accepted = torch.zeros_like(entropy, dtype=torch.bool).scatter(
+                -1, order, torch.cumsum(ordered, -1) - ordered <= g.entropy_bound)
+            noise = torch.randint(0, V, (B, L), generator=rng)
+            new_canvas = torch.where(accepted, sample, noise)
+            if done.any():
+                new_argmax = torch.where(done[:, None], argmax, new_argmax)
+                new_canvas = torch.where(done[:, None], canvas, new_canvas)
+                processed = torch.where(done[:, None, None], sc, processed)
+            if g.stability_threshold == 0:
+                stable = torch.ones(B, dtype=torch.bool)
+            else:
+                stable = (history == new_argmax).all(-1) if history is not None else torch.zeros(B, dtype=torch.bool)
+                history = new_argmax
+            confident = torch.distributions.Categorical(logits=processed).entropy().mean(-1) < g.confidence_threshold
+            done = done | (stable & confident)
+            sc, canvas, argmax = processed, new_canvas, new_argmax
+            if done.all():
+                break
+        block = argmax.clone()
+        block[finished] = model.fill_id
+        is_eos = torch.isin(block, eos)
+        ended = is_eos.any(-1) & ~finished
+        after = (is_eos.cumsum(-1) > 0) & ~((is_eos.cumsum(-1) == 1) & is_eos)
+        block[ended[:, None] & after] = model.fill_id
+        out.append(block)
+        finished |= ended
+        if finished.all():
+            break
+        attention = torch.nn.functional.pad(attention, (0, L), value=True)
+        enc_ids, enc_pos = block, dec_pos
+    tokens = torch.cat(out, 1)
+    tokens = torch.nn.functional.pad(tokens, (0, canvases * L - tokens.shape[1]), value=model.fill_id)
+    return tokens, passes
+
+
+@pytest.mark.parametrize("generation", [STOPPING, DEFAULTS], ids=["stopping", "defaults"])
+def test_generate_is_pinned(dg, generation):
+    """The facts we reproduce hold for the installed transformers: if this fails, generate()
+    changed (draw order, acceptance, stop rule, end-of-text handling or pass counting)."""
+    ids, mask = batch(dg, PROMPTS)
+    theirs, passes = generate(dg, ids, mask, seed=3, canvases=4, generation=generation)
+    ours, our_passes = reference(dg, ids, mask, seed=3, canvases=4, generation=generation)
+    assert torch.equal(theirs, ours)
+    assert torch.equal(passes, our_passes)
