@@ -19,12 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from dllm_arith.tokenizer import build_tokenizer
 from dllm_certainty_forcing import loss as cf_loss
 from dllm_certainty_forcing import trajectories as tr
-from dllm_certainty_forcing.commands import default_pad_length
-from dllm_certainty_forcing.masking import block_count, draw_views
-from dllm_certainty_forcing.training import DistillConfig, attach_lora, batch_indices, distill
-from dllm_strategies.arith.task import Problem
+from dllm_certainty_forcing.commands import default_total_length
+from dllm_certainty_forcing.masking import MaskRatio, block_count, draw_views
+from dllm_certainty_forcing.training import DistillConfig, attach_lora, batch_indices, distill, layout
+from dllm_arith.task import Problem
 from dllm_strategies.errors import ConfigError, ModelError
 
 
@@ -91,6 +92,64 @@ def test_first_view_masks_half_of_the_block_and_draws_follow_the_generator():
 def test_bad_masking_settings_are_errors(kwargs):
     with pytest.raises(ConfigError, match="block_length|mask_ratio"):
         draw_views(2, 16, generator=_gen(0), **kwargs)
+
+
+def test_a_fixed_ratio_keeps_the_earlier_draws_and_consumes_no_extra_randomness():
+    views = draw_views(50, 64, block_length=32, mask_ratio=MaskRatio("fixed", 0.3), generator=_gen(5))
+    g = _gen(5)
+    block = torch.randint(2, (50,), generator=g)
+    coin = torch.rand(50, 64, generator=g) < 0.3
+    assert torch.equal(views.block, block) and torch.equal(views.first, views.active & coin)
+    g = _gen(6)
+    state = g.get_state()
+    assert MaskRatio("fixed", 0.3).draw(7, g).tolist() == pytest.approx([0.3] * 7)
+    assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize("distribution, mean, above", [("uniform", 0.5, 0.1), ("high", 0.75, 1 - 0.9 ** 3)])
+def test_ratio_distributions_and_the_views_that_follow_them(distribution, mean, above):
+    ratio = MaskRatio(distribution)
+    r = ratio.draw(40_000, _gen(0))
+    assert bool(((r >= 0) & (r <= 1)).all())
+    assert float(r.mean()) == pytest.approx(mean, abs=0.01)
+    assert float((r > 0.9).float().mean()) == pytest.approx(above, abs=0.01)
+    # per sample, the first view masks about its drawn share of the block; the second the rest
+    views = draw_views(4000, 64, block_length=64, mask_ratio=ratio, generator=_gen(1))
+    share = views.first.sum(1) / views.active.sum(1)
+    assert float(share.mean()) == pytest.approx(mean, abs=0.015)
+    assert float((share > 0.9).float().mean()) == pytest.approx(above, abs=0.03)
+    assert torch.equal(views.first | views.second, views.active) and not bool((views.first & views.second).any())
+
+
+def test_high_with_skew_one_is_the_uniform_draw():
+    assert torch.equal(MaskRatio("high", skew=1.0).draw(9, _gen(3)), MaskRatio("uniform").draw(9, _gen(3)))
+    assert float(MaskRatio("high", skew=9.0).draw(20_000, _gen(4)).mean()) == pytest.approx(0.9, abs=0.01)
+
+
+def test_per_sample_lengths_draw_each_samples_block_among_its_own():
+    lengths = torch.tensor([40, 96, 20, 65]).repeat(1500)  # blocks of 32: 2, 3, 1 and 3
+    views = draw_views(6000, 96, block_length=32, mask_ratio=0.5, generator=_gen(2), lengths=lengths)
+    position = torch.arange(96)[None, :]
+    beyond = position >= lengths[:, None]
+    assert not bool((views.active & beyond).any()) and not bool((views.future & beyond).any())
+    for length, count in ((40, 2), (96, 3), (20, 1), (65, 3)):
+        rows = lengths == length
+        seen = torch.bincount(views.block[rows], minlength=count)
+        assert len(seen) == count and all(abs(int(c) - 1500 / count) < 120 for c in seen)
+    # the last block of a 40-token response is its 8 remaining positions; nothing after it
+    last = (lengths == 40) & (views.block == 1)
+    assert bool((views.active[last].sum(1) == 8).all()) and not bool(views.future[last].any())
+    with pytest.raises(ConfigError, match="1..96"):
+        draw_views(2, 96, block_length=32, generator=_gen(0), lengths=torch.tensor([97, 5]))
+
+
+def test_shift_places_each_samples_views_at_its_response_start():
+    views = draw_views(2, 8, block_length=4, mask_ratio=0.5, generator=_gen(7), lengths=torch.tensor([8, 5]))
+    moved = views.shift(torch.tensor([0, 3]), 11)
+    for name in ("active", "first", "second", "future"):
+        before, after = getattr(views, name), getattr(moved, name)
+        assert torch.equal(after[0, :8], before[0]) and not bool(after[0, 8:].any())
+        assert not bool(after[1, :3].any()) and torch.equal(after[1, 3:], before[1])
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -187,7 +246,7 @@ def test_the_filter_compares_the_final_answer():
     assert tr.final_answer("#### -3 and #### 4") == -3
     assert tr.final_answer("The answer is 1,024.", r"answer is\s*([\d,]+)") == 1024
     assert tr.final_answer("The answer is x", r"answer is\s*(\w+)") is None
-    from dllm_strategies.arith.task import extract_answer
+    from dllm_arith.task import extract_answer
 
     for text in ("1 + 2 = 3 . #### 3", "#### 30 #### 3", "3", "#### -4", "so 9 - 2 = 7 . ####7 <|eot_id|>"):
         for answer in (3, 30, -4, 7):
@@ -196,7 +255,7 @@ def test_the_filter_compares_the_final_answer():
 
 def _scripted_teacher(text: str, gen_length: int):
     """A fake teacher whose response is always ``text`` then end-of-text (whatever the prompt)."""
-    from dllm_strategies.arith.tokenizer import build_tokenizer
+    from dllm_arith.tokenizer import build_tokenizer
     from dllm_strategies.testing import FakeModel
 
     tok = build_tokenizer()
@@ -235,6 +294,40 @@ def test_teacher_trajectories_keep_only_correct_answers_and_the_teachers_own_tok
         tr.keep_rows(table, "some")
 
 
+def test_decoded_batches_are_kept_and_a_rerun_continues_from_them(tmp_path, monkeypatch):
+    model, _ = _scripted_teacher("3 + 4 = 7 . #### 7 <|eot_id|>", 16)
+    problems = [Problem(f"Tom has {i} apples . How many apples does Tom have now ?", "", 7) for i in range(5)]
+    config = tr.TrajectoryConfig(gen_length=16, block_length=8, batch_size=2)
+    decoded = []
+    original = tr._decode_chunk
+    monkeypatch.setattr(tr, "_decode_chunk", lambda m, chunk, c: decoded.append(len(chunk)) or original(m, chunk, c))
+    parts = tmp_path / "parts"
+    first = tr.teacher_trajectories(model, problems[:3], config, progress=False, parts=parts, settings={"seed": 1})
+    assert decoded == [2, 1] and sorted(f.name for f in parts.glob("0*.json")) == ["0000000.json", "0000002.json"]
+    # a longer run of the same problems: the full batch is read back, the partial one decoded again in full
+    again = tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 1})
+    assert decoded == [2, 1, 2, 1] and again["question"][:3] == first["question"] and len(again) == 5
+    assert tr.decode_seconds(parts) >= 0
+    tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 1})
+    assert decoded == [2, 1, 2, 1]  # everything from the parts
+    with pytest.raises(ConfigError, match="seed differ"):
+        tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 2})
+    with pytest.raises(ConfigError, match="other problems"):
+        tr.teacher_trajectories(model, problems[::-1], config, progress=False, parts=parts, settings={"seed": 1})
+
+
+def test_the_teachers_weights_are_identified_wherever_they_lie(tmp_path):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{}")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"x" * 100)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert tr.weights_fingerprint(tmp_path / "a") == tr.weights_fingerprint(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"y" * 100)
+    assert tr.weights_fingerprint(tmp_path / "a") != tr.weights_fingerprint(tmp_path / "b")
+
+
 def test_trailing_fill_count():
     tokens = torch.tensor([[5, 1, 1], [1, 5, 6], [1, 1, 1]])
     assert tr.trailing_count(tokens, 1).tolist() == [2, 0, 3]
@@ -264,6 +357,82 @@ def test_missing_trajectories_and_problem_files_are_named(tmp_path):
     assert tr.read_problems(good) == [Problem("q", "", 7)]
 
 
+# ----------------------------------------------------------------------------- the diagnostic
+
+def test_answer_and_tail_blocks_are_read_from_the_first_end_token():
+    from dllm_certainty_forcing.diagnostic import answer_lengths, block_kinds
+
+    targets = torch.tensor([[5, 6, 7, 1, 1, 1, 1, 1], [5, 2, 1, 1, 1, 1, 1, 1], [5, 6, 7, 8, 9, 5, 6, 7],
+                            [1, 1, 1, 1, 1, 1, 1, 1]])
+    answer = answer_lengths(targets, [1, 2])
+    assert answer.tolist() == [3, 1, 8, 0]
+    assert block_kinds(answer, 4, 2).tolist() == [[True, True, False, False], [True, False, False, False],
+                                                  [True, True, True, True], [False, False, False, False]]
+
+
+def test_visited_states_rebuild_every_forward_of_a_decode():
+    from dllm_certainty_forcing.diagnostic import visited_states
+    from dllm_strategies import decode, encode_prompts
+    from dllm_strategies.models.tiny import tiny_model
+
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=11)
+    prompts = [[20, 21, 22, 23], [30, 31]]
+    result = decode(model, prompts, strategy="entropy_threshold(tau=0.5)", gen_length=16, block_length=8,
+                    chat=False)
+    states = visited_states(result.tokens, result.commit_step, result.steps, 8, model.mask_id)
+    assert len(states.row) == int(result.steps.sum()) and states.step.tolist()[:int(result.steps[0])] == \
+        list(range(int(result.steps[0])))
+    # replaying a state gives back what that step committed: its argmax at the committed positions
+    ids, mask = encode_prompts(model, prompts)
+    for i in range(len(states.row)):
+        r, s = int(states.row[i]), int(states.step[i])
+        now = result.commit_step[r] == s
+        assert bool(now.any()) and bool((states.hidden[i] & ~states.in_block[i] & (torch.arange(16) < 8 *
+                                                                                  states.block[i])).sum() == 0)
+        full = torch.cat([ids[r:r + 1], states.context[i:i + 1]], 1)
+        attention = torch.cat([mask[r:r + 1], torch.ones(1, 16, dtype=torch.bool)], 1).long()
+        with torch.no_grad():
+            logits = model.logits(full, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                                  logits_to_keep=16)[0]
+        assert torch.equal(logits.argmax(-1)[now], result.tokens[r][now])
+        assert bool((states.in_block[i] | ~now).all())  # a step commits only inside its block
+
+
+def test_the_diagnostic_of_a_certain_teacher_on_its_own_trajectories():
+    from dllm_certainty_forcing.diagnostic import DiagnosticConfig, diagnose, markdown
+
+    model, script = _scripted_teacher("3 + 4 = 7 . #### 7 <|eot_id|>", 32)
+    response = script[:script.index(model.fill_id)]
+    prompts = [[5, 6, 7], [8, 9]]
+    report = diagnose(model, prompts, [response, response], gen_length=32,
+                      config=DiagnosticConfig(ratios=(0.5, 1.0), block_length=8), answers=[7, 8])
+    rows = {(r["state"], r["kind"]): r for r in report["rows"]}
+    assert set(rows) == {(s, k) for s in ("ratio 0.5", "ratio 1", "visited", "visited, teacher context")
+                         for k in ("answer", "tail")}
+    answer_blocks = -(-response.index(model.eot_ids[1]) // 8)  # the answer ends before end-of-turn
+    assert answer_blocks == 1
+    # at ratio 1 every position of every block is masked once: the answer blocks, then the tail
+    assert rows["ratio 1", "answer"]["positions"] == 2 * 8 * answer_blocks
+    assert rows["ratio 1", "tail"]["positions"] == 2 * (32 - 8 * answer_blocks)
+    for row in report["rows"]:
+        assert row["accuracy"] == 1.0 and row["certain"] == 1.0 and 0 < row["ce"] < 0.05
+        assert 0 < row["certainty"] < row["entropy"]  # temperature 0.5 sharpens
+    # a certain teacher commits each block in one forward and reproduces its trajectory
+    visited = report["visited"]
+    assert visited["answer_forwards"] == answer_blocks and visited["tail_forwards"] == 4 - answer_blocks
+    assert visited["reproduced"] == 1.0 and visited["accuracy"] == 0.5
+    assert "| ratio 1 | answer |" in markdown(report)
+    first = diagnose(model, prompts, [response, response], gen_length=32,
+                     config=DiagnosticConfig(ratios=(1.0,), blocks=1, block_length=8, visited=None))
+    assert [(r["kind"], r["positions"]) for r in first["rows"]] == [("answer", 16), ("tail", 0)]
+    assert first["visited"] is None
+    with pytest.raises(ConfigError, match="revokes"):
+        diagnose(model, prompts, [response, response], gen_length=32,
+                 config=DiagnosticConfig(ratios=(1.0,), block_length=8, visited="wino"))
+    with pytest.raises(ConfigError, match="ratios"):
+        DiagnosticConfig(ratios=(0.0,))
+
+
 # ----------------------------------------------------------------------------- training
 
 def test_batches_walk_each_epoch_once():
@@ -280,14 +449,55 @@ def test_batches_walk_each_epoch_once():
     (dict(steps=0), "steps"), (dict(steps=1, lr=0.0), "lr"), (dict(steps=1, mask_ratio=1.0), "mask_ratio"),
     (dict(steps=1, temperature=0.0), "temperature"), (dict(steps=1, entropy_weight=-1.0), "entropy_weight"),
     (dict(steps=1, micro_batch_size=-1), "micro_batch_size"), (dict(steps=1, lora_rank=4, lora_targets=()), "LoRA"),
+    (dict(steps=1, mask_distribution="beta"), "distribution"), (dict(steps=1, mask_skew=0.0), "skew"),
 ])
 def test_bad_training_settings_are_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        DistillConfig(**kwargs)
+        DistillConfig(**{"total_length": 64, **kwargs})
 
 
-def test_default_pad_length_is_one_and_a_half_gen_lengths_in_whole_blocks():
-    assert default_pad_length(64, 32) == 96 and default_pad_length(256, 32) == 384 and default_pad_length(40, 32) == 64
+@pytest.mark.parametrize("lengths", [dict(), dict(total_length=64, pad_length=32), dict(total_length=-1)])
+def test_exactly_one_layout_length_is_set(lengths):
+    with pytest.raises(ConfigError, match="total_length|pad_length"):
+        DistillConfig(steps=1, **lengths)
+
+
+def test_default_total_length_is_the_longest_prompt_and_two_blocks():
+    assert default_total_length([[1] * 40, [1] * 57, [1] * 3], 32) == 57 + 64
+
+
+def test_the_authors_layout_cuts_or_pads_prompt_and_response_to_one_total_length():
+    config = DistillConfig(steps=1, total_length=8, block_length=2)
+    placed = layout([[1, 2, 3], [4, 5]], [[10, 11, 12, 13, 14, 15, 16], [20]], config, pad_id=0, fill_id=9)
+    assert placed.batch.input_ids.tolist() == [[1, 2, 3, 10, 11, 12, 13, 14], [4, 5, 20, 9, 9, 9, 9, 9]]
+    assert bool(placed.batch.attention_mask.all()) and placed.batch.position_ids.tolist() == [list(range(8))] * 2
+    assert placed.batch.gen_length == 6  # the region after the shortest prompt
+    assert placed.offsets.tolist() == [1, 0] and placed.lengths.tolist() == [5, 6]
+    padded = layout([[1, 2, 3], [4, 5]], [[10, 11], [20]], DistillConfig(steps=1, pad_length=4), pad_id=0, fill_id=9)
+    assert padded.batch.input_ids.tolist() == [[1, 2, 3, 10, 11, 9, 9], [0, 4, 5, 20, 9, 9, 9]]
+    assert padded.offsets.tolist() == [0, 0] and padded.lengths.tolist() == [4, 4]
+
+
+def test_in_the_authors_layout_a_samples_loss_does_not_depend_on_its_batch():
+    from dllm_certainty_forcing.training import batch_terms
+    from dllm_strategies.models.tiny import tiny_model
+
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=3)
+    config = DistillConfig(steps=1, total_length=20, block_length=4, mask_distribution="uniform")
+    pairs = _pairs(5, seed=4)
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    lengths = torch.tensor([20 - len(p) for p in prompts])
+    views = draw_views(5, 20, block_length=4, mask_ratio=config.masking, generator=_gen(1), lengths=lengths)
+    placed = layout(prompts, responses, config, 0, model.fill_id)
+    with torch.no_grad():
+        together = batch_terms(model, placed.batch, views.shift(placed.offsets, placed.batch.gen_length), config)
+        for i in range(5):
+            alone = layout(prompts[i:i + 1], responses[i:i + 1], config, 0, model.fill_id)
+            one = views.take(slice(i, i + 1)).shift(alone.offsets, alone.batch.gen_length)
+            terms = batch_terms(model, alone.batch, one, config)
+            torch.testing.assert_close(terms.per_sample[0], together.per_sample[i], rtol=1e-4, atol=1e-5)
+            assert terms.masked[:, 0].tolist() == together.masked[:, i].tolist()
+    assert int(together.masked.sum()) == int(views.active.sum())  # every active position is a target once
 
 
 def _pairs(n: int = 8, seed: int = 0) -> list[tuple[list[int], list[int]]]:
@@ -303,16 +513,19 @@ def _pairs(n: int = 8, seed: int = 0) -> list[tuple[list[int], list[int]]]:
 def test_a_response_longer_than_the_pad_length_is_an_error(tmp_path):
     from dllm_strategies.models.tiny import tiny_model
 
-    model = tiny_model(hidden_size=16, num_layers=1, num_heads=2)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2)
     with pytest.raises(ConfigError, match="pad length to at least 11"):
         distill(model, [([5, 6], list(range(20, 31)))], config=DistillConfig(steps=1, pad_length=8, block_length=4),
+                output_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="leaves no response within total_length=6"):
+        distill(model, [([5, 6, 7, 8, 9, 10], [20])], config=DistillConfig(steps=1, total_length=6, block_length=4),
                 output_dir=tmp_path, progress=False)
 
 
 def test_distillation_fits_the_targets_and_certainty_forcing_sharpens_them(tmp_path):
     from dllm_certainty_forcing.training import batch_terms
     from dllm_strategies.models.tiny import tiny_model
-    from dllm_strategies.training.sft import collate
+    from dllm_arith.sft import collate
 
     g = _gen(0)
     pairs = [(torch.randint(20, 60, (5,), generator=g).tolist(), list(range(30, 42))) for _ in range(8)]
@@ -320,7 +533,7 @@ def test_distillation_fits_the_targets_and_certainty_forcing_sharpens_them(tmp_p
     views = draw_views(8, 16, block_length=8, mask_ratio=0.5, generator=_gen(9))
     after = {}
     for weight in (0.0, 2.0):
-        model = tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=5)
+        model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=5)
         config = DistillConfig(steps=40, batch_size=8, lr=1e-2, pad_length=16, block_length=8, log_every=40,
                                entropy_weight=weight)
         with torch.no_grad():
@@ -336,13 +549,14 @@ def test_distillation_fits_the_targets_and_certainty_forcing_sharpens_them(tmp_p
     assert after[2.0]["entropy"] < 0.5 * after[0.0]["entropy"]
 
 
-def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path):
+@pytest.mark.parametrize("lengths", [dict(pad_length=16), dict(total_length=20, mask_distribution="high")])
+def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path, lengths):
     from dllm_strategies.models.tiny import tiny_model
 
     weights = []
     for micro in (0, 1):
-        model = tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=8)
-        config = DistillConfig(steps=2, batch_size=4, micro_batch_size=micro, lr=1e-2, pad_length=16, block_length=8)
+        model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=8)
+        config = DistillConfig(steps=2, batch_size=4, micro_batch_size=micro, lr=1e-2, block_length=8, **lengths)
         distill(model, _pairs(6), config=config, output_dir=tmp_path / str(micro), progress=False)
         weights.append({n: p.detach().clone() for n, p in model.module.named_parameters()})
     for name in weights[0]:
@@ -352,9 +566,9 @@ def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path):
 def test_lora_trains_only_adapters_and_merges_into_a_plain_llama(tmp_path):
     from dllm_strategies.models.tiny import tiny_model
 
-    model = tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=6)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=6)
     with pytest.raises(ConfigError, match="not found"):
-        attach_lora(model.module, DistillConfig(steps=1, lora_rank=4, lora_targets=("qkv",)))
+        attach_lora(model.module, DistillConfig(steps=1, pad_length=16, lora_rank=4, lora_targets=("qkv",)))
     frozen = {n: p.detach().clone() for n, p in model.module.named_parameters()}
     config = DistillConfig(steps=3, batch_size=4, lr=1e-2, pad_length=16, block_length=8, lora_rank=4)
     outcome = distill(model, _pairs(4), config=config, output_dir=tmp_path, progress=False)
@@ -372,7 +586,7 @@ def test_lora_trains_only_adapters_and_merges_into_a_plain_llama(tmp_path):
 def test_the_large_model_options_run_bf16_lora_with_gradient_checkpointing(tmp_path):
     from dllm_strategies.models.tiny import tiny_model
 
-    model = tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=9, dtype=torch.bfloat16)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=9, dtype=torch.bfloat16)
     before = model.module.model.layers[1].mlp.down_proj.weight.detach().clone()
     config = DistillConfig(steps=2, batch_size=2, micro_batch_size=1, lr=1e-2, pad_length=16, block_length=8,
                            lora_rank=4, gradient_checkpointing=True, log_every=1)
@@ -414,7 +628,7 @@ def micro_teacher(tmp_path_factory) -> Path:
     from dllm_strategies.models.tiny import tiny_model
 
     directory = tmp_path_factory.mktemp("teacher") / "micro"
-    model = tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=7, max_positions=256)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=7, max_positions=256)
     model.module.save_pretrained(str(directory))
     model.tokenizer.save_pretrained(str(directory))
     return directory
@@ -436,6 +650,15 @@ def test_cli_trajectories_then_train_with_a_resume(micro_teacher, tmp_path, caps
                  "--keep", "all", "--device", "cpu", "--quiet"]) == 0
     table, meta = tr.load_trajectories(data)
     assert len(table) == 6 and meta["decoded"] == 6 and meta["config"]["gen_length"] == 32
+    from dllm_arith.task import test_problems, validation_problems
+
+    held_out = {p.question for p in test_problems() + validation_problems()}
+    assert not held_out & set(table["question"])  # training problems: never a test or validation question
+    val = tmp_path / "validation"
+    assert main(["distill", "trajectories", "--teacher", str(micro_teacher), "--output", str(val), "--split",
+                 "validation", "--problems", "2", "--gen-length", "32", "--block-length", "16", "--keep", "all",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert tr.load_trajectories(val)[0]["question"] == [p.question for p in validation_problems()[:2]]
     assert all(len(r) <= 32 and (not r or r[-1] != 1) for r in table["response_ids"])  # 1: end-of-text
     capsys.readouterr()
 
@@ -455,8 +678,19 @@ def test_cli_trajectories_then_train_with_a_resume(micro_teacher, tmp_path, caps
     assert any(not torch.equal(a[k], teacher[k]) for k in a)
 
     report = json.loads((straight / "distillation.json").read_text())
-    assert report["config"]["pad_length"] == 48 and report["config"]["entropy_weight"] == 2.0
+    longest_prompt = max(len(p) for p in table["prompt_ids"])
+    assert report["config"]["total_length"] == longest_prompt + 2 * 16 and report["config"]["pad_length"] == 0
+    assert report["config"]["mask_distribution"] == "fixed" and report["config"]["entropy_weight"] == 2.0
     assert [r["step"] for r in report["records"]] == [4] and report["rows"] == 6
+    # the diagnostic of the student on its teacher's trajectories
+    capsys.readouterr()
+    assert main(["distill", "diagnose", "--model", str(straight), "--data", str(data), "--rows", "2", "--blocks", "1",
+                 "--ratios", "1.0", "--block-length", "16", "--json", str(tmp_path / "d.json"), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert "| ratio 1 | answer |" in capsys.readouterr().out
+    diagnosed = json.loads((tmp_path / "d.json").read_text())
+    assert diagnosed["trajectories"] == 2 and diagnosed["visited"]["strategy"] == "entropy_threshold(tau=0.5)"
+
     student = load_model(str(straight), device="cpu")
     result = __import__("dllm_strategies").decode(student, ["Tom has 3 apples ."], strategy="entropy_threshold",
                                                   gen_length=32, block_length=16, chat=True)
@@ -465,7 +699,7 @@ def test_cli_trajectories_then_train_with_a_resume(micro_teacher, tmp_path, caps
 
 def test_default_dparallel_is_registered_with_its_decoding():
     from dllm_strategies.models import load_model
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.discovery import installed_models
 
     entry = installed_models()["default-dparallel"]
     assert entry["strategy"] == "entropy_threshold(tau=0.5)" and entry["block_length"] == 32
@@ -478,9 +712,9 @@ def test_default_dparallel_is_registered_with_its_decoding():
 
 def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
     from dllm_strategies import decode
-    from dllm_strategies.arith.task import extract_answer, test_problems
+    from dllm_arith.task import extract_answer, test_problems
     from dllm_strategies.models import load_model
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.discovery import installed_models
 
     entry = installed_models()["default-dparallel"]
     model = load_model("default-dparallel", device="cpu")

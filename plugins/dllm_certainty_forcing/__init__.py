@@ -6,5 +6,8 @@
   already predicted right.
 * :mod:`.training`: the resumable loop (full fine-tuning or LoRA), :mod:`.export`: the
   standard checkpoint out.
-* :mod:`.plugin`: the ``distill`` command and the ``default-dparallel`` model.
+* :mod:`.diagnostic`: what the loss still has to teach a model, by block kind and mask ratio
+  and at the states a decode visits.
+* :mod:`.commands`, :mod:`.plugin`: the ``distill`` command (``trajectories``, ``train``,
+  ``diagnose``) and the ``default-dparallel`` model.
 """

@@ -16,7 +16,9 @@ from typing import Any
 
 import attrs
 
+from dllm_arith import task
 from dllm_certainty_forcing.loss import DREAM_WEIGHT, LLADA_WEIGHT, TEMPERATURE
+from dllm_certainty_forcing.masking import RATIO_DISTRIBUTIONS
 from dllm_certainty_forcing.training import LLAMA_PROJECTIONS
 from dllm_strategies.errors import ConfigError
 
@@ -35,17 +37,20 @@ def add_distill_command(subparsers) -> None:
     t = sub.add_parser("trajectories", help="decode training prompts with the teacher; keep the correct ones",
                        description="The teacher decodes training prompts with its standard decode (LLaDA "
                                    "low-confidence, one token per step); trajectories whose final answer is "
-                                   "correct are saved as a datasets.Dataset (save_to_disk).")
+                                   "correct are saved as a datasets.Dataset (save_to_disk). Each batch is kept "
+                                   "in OUTPUT/parts as it is done: rerun the same command to continue.")
     t.add_argument("--teacher", default="default", help="registered name, checkpoint directory or hub id")
     t.add_argument("--output", required=True, help="directory for the trajectories")
-    t.add_argument("--problems", type=int, default=4096, help="synthetic-task training problems to decode")
-    t.add_argument("--seed", type=int, default=1, help="seed of the synthetic problems")
+    t.add_argument("--problems", type=int, default=4096, help="synthetic-task problems to decode")
+    t.add_argument("--split", choices=("train", "validation"), default="train",
+                   help="'train': synthetic training problems (never a test or validation question); "
+                        "'validation': the first --problems of the validation split (for 'distill diagnose')")
+    t.add_argument("--seed", type=int, default=1, help="seed of the synthetic training problems")
     t.add_argument("--problems-file", default=None,
                    help="jsonl with 'question' and integer 'answer' per line, instead of synthetic problems")
-    t.add_argument("--max-ops", type=int, default=None, help="synthetic difficulty (default: the teacher's)")
-    t.add_argument("--max-operand", type=int, default=None)
-    t.add_argument("--forms", type=int, default=None, choices=(0, 1, 2))
-    t.add_argument("--gen-length", type=int, default=64, help="response length the teacher decodes")
+    task.add_difficulty_arguments(t, defaults=None)  # default: the teacher's recipe
+    t.add_argument("--gen-length", type=int, default=256,
+                   help="response length the teacher decodes: the length the student is judged at (256)")
     t.add_argument("--block-length", type=int, default=32, help="the teacher's semi-autoregressive block")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--raw", action="store_true", help="prompts without the chat template")
@@ -76,11 +81,18 @@ def add_distill_command(subparsers) -> None:
     r.add_argument("--weight-decay", type=float, default=0.01)
     r.add_argument("--grad-clip", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--total-length", type=int, default=None,
+                   help="prompt + response cut or padded with end-of-text to this many tokens, the authors' layout "
+                        "(default: the longest prompt of the data + 2 blocks)")
     r.add_argument("--pad-length", type=int, default=None,
-                   help="training response length, end-of-text padded (default: 1.5x the teacher's gen length, "
-                        "rounded up to the block: 64 -> 96, 256 -> 384)")
+                   help="instead, every response padded to this length after a left-padded prompt (earlier "
+                        "versions' layout, not the authors')")
     r.add_argument("--block-length", type=int, default=32)
-    r.add_argument("--mask-ratio", type=float, default=0.5)
+    r.add_argument("--mask-distribution", choices=RATIO_DISTRIBUTIONS, default="fixed",
+                   help="first view's mask ratio of the active block: 'fixed' (--mask-ratio, the authors), or the "
+                        "deviations 'uniform' (U(0,1)) and 'high' (Beta(--mask-skew, 1), towards fully masked)")
+    r.add_argument("--mask-ratio", type=float, default=0.5, help="the fixed ratio (the authors: 0.5)")
+    r.add_argument("--mask-skew", type=float, default=3.0, help="skew of 'high' (3: mean ratio 0.75)")
     r.add_argument("--temperature", type=float, default=TEMPERATURE, help="of the certainty entropy")
     r.add_argument("--entropy-weight", type=float, default=None,
                    help=f"w (default: {LLADA_WEIGHT:g}, or {DREAM_WEIGHT:g} for Dream)")
@@ -101,11 +113,35 @@ def add_distill_command(subparsers) -> None:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run_train)
 
+    d = sub.add_parser("diagnose", help="certainty diagnostic: the loss terms, argmax accuracy and entropy of a "
+                                        "model on trajectories, by block kind and mask ratio",
+                       description="For a model on teacher trajectories: dParallel's loss terms (CE, certainty "
+                                   "entropy), argmax accuracy, mean entropy and the share below the entropy "
+                                   "threshold, at masked positions of answer and tail blocks, for several mask "
+                                   "ratios and at the states a decode actually visits (docs/distillation.md).")
+    d.add_argument("--model", default="default", help="registered name or checkpoint directory")
+    d.add_argument("--data", required=True, help="a 'distill trajectories' directory (e.g. --split validation)")
+    d.add_argument("--rows", type=int, default=0, help="the first N trajectories (0: all)")
+    d.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.9, 1.0], help="mask ratios of the block")
+    d.add_argument("--blocks", type=int, default=0,
+                   help="blocks per trajectory the ratio states measure, from the response start (0: all)")
+    d.add_argument("--visited", default=RECOMMENDED_STRATEGY,
+                   help="strategy whose visited states are replayed ('none': skip)")
+    d.add_argument("--block-length", type=int, default=32)
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    d.add_argument("--device", default=None)
+    d.add_argument("--dtype", default="auto")
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=run_diagnose)
+
 
 def teacher_directory(name: str) -> Path:
     """The checkpoint directory of a registered name, a local directory or a (cached) hub id."""
     from dllm_strategies.models import loading
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.discovery import installed_models
 
     registered = installed_models()
     if name in registered:
@@ -121,24 +157,41 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _difficulty(args: argparse.Namespace, teacher_dir: Path):
-    from dllm_strategies.arith import task
 
     base: dict[str, Any] = {}
     recipe = teacher_dir / "training.json"
     if recipe.is_file():
         base = dict(json.loads(recipe.read_text()).get("difficulty") or {})
-    for key in ("max_ops", "max_operand", "forms"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
     try:
-        return task.Difficulty(**base)
+        return task.difficulty_from_args(args, base)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad synthetic-task difficulty {base}: {exc}") from exc
 
 
+def problem_set(args: argparse.Namespace, teacher_dir: Path):
+    """``(problems, source, difficulty)`` the teacher decodes: a problems file, the synthetic task's
+    validation split (``--split validation``: the first N of the set ``bench --problems
+    validation`` scores, for the diagnostic), or synthetic training problems, which never hold a
+    question of the test split nor of the validation split (models are chosen on it)."""
+    from dllm_certainty_forcing import trajectories as tr
+
+    if args.problems_file:
+        return tr.read_problems(args.problems_file), str(args.problems_file), None
+    if args.problems < 1:
+        raise ConfigError(f"--problems={args.problems} must be at least 1")
+    difficulty = _difficulty(args, teacher_dir)
+    validation = task.validation_problems(difficulty=difficulty)
+    if args.split == "validation":
+        if args.problems > len(validation):
+            raise ConfigError(f"--split validation has {len(validation)} problems; ask for at most that many")
+        return validation[:args.problems], "arith-validation", difficulty
+    held_out = task.test_problems() + validation
+    exclude = frozenset(p.question for p in held_out)
+    return list(task.generate(args.problems, args.seed, difficulty, exclude)), "arith", difficulty
+
+
 def run_trajectories(args: argparse.Namespace) -> int:
     from dllm_certainty_forcing import trajectories as tr
-    from dllm_strategies.arith import task
     from dllm_strategies.models import load_model
 
     _threads(args)
@@ -146,25 +199,20 @@ def run_trajectories(args: argparse.Namespace) -> int:
     config = tr.TrajectoryConfig(gen_length=args.gen_length, block_length=args.block_length,
                                  batch_size=args.batch_size, chat=not args.raw, keep=args.keep, **options)
     teacher_dir = teacher_directory(args.teacher)
-    if args.problems_file:
-        problems, source, difficulty = tr.read_problems(args.problems_file), str(args.problems_file), None
-    else:
-        if args.problems < 1:
-            raise ConfigError(f"--problems={args.problems} must be at least 1")
-        difficulty = _difficulty(args, teacher_dir)
-        exclude = frozenset(p.question for p in task.test_problems())
-        problems, source = list(task.generate(args.problems, args.seed, difficulty, exclude)), "arith"
+    problems, source, difficulty = problem_set(args, teacher_dir)
     model = load_model(args.teacher, device=args.device, dtype=args.dtype)
-    started = time.monotonic()
-    table = tr.teacher_trajectories(model, problems, config, progress=not args.quiet)
+    parts = Path(args.output) / tr.PARTS
+    settings = {"teacher_weights": tr.weights_fingerprint(teacher_dir), "task": source, "seed": args.seed,
+                "difficulty": attrs.asdict(difficulty) if difficulty is not None else None}
+    table = tr.teacher_trajectories(model, problems, config, progress=not args.quiet, parts=parts,
+                                    settings=settings)
     kept = tr.keep_rows(table, config.keep)
     correct = sum(table["correct"])
     metadata = {
-        "teacher": args.teacher, "teacher_dir": str(teacher_dir.resolve()), "task": source, "seed": args.seed,
-        "difficulty": attrs.asdict(difficulty) if difficulty is not None else None,
-        "config": attrs.asdict(config), "decoded": len(table), "correct": correct,
-        "teacher_accuracy": 100.0 * correct / len(table), "kept": len(kept),
-        "seconds": round(time.monotonic() - started, 1),
+        "teacher": args.teacher, "teacher_dir": str(teacher_dir.resolve()), **settings,
+        "config": attrs.asdict(config), "decoded": len(table),
+        "correct": correct, "teacher_accuracy": 100.0 * correct / len(table), "kept": len(kept),
+        "seconds": tr.decode_seconds(parts),
     }
     tr.save_trajectories(kept, args.output, metadata)
     print(json.dumps({k: metadata[k] for k in ("decoded", "correct", "teacher_accuracy", "kept", "seconds")}))
@@ -175,20 +223,22 @@ def run_trajectories(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_pad_length(gen_length: int, block_length: int) -> int:
-    """1.5x the teacher's generation length, rounded up to whole blocks (64 -> 96, 256 -> 384)."""
-    return math.ceil(1.5 * gen_length / block_length) * block_length
+def default_total_length(prompts, block_length: int) -> int:
+    """The longest prompt plus two blocks: the authors' 384 tokens for LLaDA on GSM8K, scaled to
+    this task's short prompts and answers (every answer of the synthetic task fits two blocks;
+    the student still sees one block or more of end-of-text tail)."""
+    return max(len(p) for p in prompts) + 2 * block_length
 
 
 def _evaluator(args: argparse.Namespace, metadata: dict, table):
     """Decode held-out synthetic problems with the recommended strategy (only for the synthetic task)."""
     if not args.eval_every or metadata.get("task") != "arith" or args.eval_problems < 1:
         return None
-    from dllm_strategies.arith import task
-    from dllm_strategies.arith.evaluate import accuracy
+    from dllm_arith.evaluate import accuracy
 
     difficulty = task.Difficulty(**metadata["difficulty"]) if metadata.get("difficulty") else task.Difficulty()
-    exclude = frozenset(p.question for p in task.test_problems()) | frozenset(table["question"])
+    held_out = task.test_problems() + task.validation_problems(difficulty=difficulty)
+    exclude = frozenset(p.question for p in held_out) | frozenset(table["question"])
     held_out = list(task.generate(args.eval_problems, metadata.get("seed", 0) + 99, difficulty, exclude))
     gen_length = metadata["config"]["gen_length"]
 
@@ -202,7 +252,7 @@ def _evaluator(args: argparse.Namespace, metadata: dict, table):
 
 def _data_teacher(metadata: dict) -> str | None:
     """The teacher the trajectories came from: its registered name when it has one, else its directory."""
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.discovery import installed_models
 
     name = metadata.get("teacher")
     if name and name in installed_models():
@@ -224,9 +274,13 @@ def run_train(args: argparse.Namespace) -> int:
     if not teacher:
         raise ConfigError(f"{args.data} does not name its teacher; pass --teacher")
     teacher_dir = teacher_directory(teacher)
-    gen_length = int(metadata["config"]["gen_length"])
-    pad_length = args.pad_length or default_pad_length(gen_length, args.block_length)
     pairs = tr.pairs(table)
+    if args.pad_length and args.total_length:
+        raise ConfigError("give --total-length (prompt + response, the authors' layout) or --pad-length "
+                          "(response only), not both")
+    pad_length = args.pad_length or 0
+    total_length = 0 if pad_length else (args.total_length or default_total_length([p for p, _ in pairs],
+                                                                                   args.block_length))
     steps = args.steps if args.steps is not None else math.ceil(args.epochs * len(pairs) / args.batch_size)
     model = load_model(teacher, device=args.device, dtype=args.dtype)
     weight = args.entropy_weight
@@ -235,7 +289,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = DistillConfig(
         steps=steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
-        pad_length=pad_length, block_length=args.block_length, mask_ratio=args.mask_ratio,
+        total_length=total_length, pad_length=pad_length, block_length=args.block_length,
+        mask_distribution=args.mask_distribution, mask_ratio=args.mask_ratio, mask_skew=args.mask_skew,
         temperature=args.temperature, entropy_weight=weight, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every, log_every=args.log_every,
@@ -260,4 +315,31 @@ def run_train(args: argparse.Namespace) -> int:
         "records": outcome.records,
     }, indent=1))
     print(f"saved {output}")
+    return 0
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from dllm_certainty_forcing import trajectories as tr
+    from dllm_certainty_forcing.diagnostic import DiagnosticConfig, diagnose, markdown
+    from dllm_strategies.models import load_model
+
+    _threads(args)
+    config = DiagnosticConfig(ratios=tuple(args.ratios), visited=None if args.visited == "none" else args.visited,
+                              blocks=args.blocks, block_length=args.block_length, batch_size=args.batch_size,
+                              seed=args.seed)
+    table, metadata = tr.load_trajectories(args.data)
+    if args.rows < 0:
+        raise ConfigError(f"--rows={args.rows} must be >= 0 (0: every trajectory)")
+    if args.rows:
+        table = table.select(range(min(args.rows, len(table))))
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    report = diagnose(model, table["prompt_ids"], table["response_ids"],
+                      gen_length=int(metadata["config"]["gen_length"]), config=config,
+                      answers=table["answer"] if metadata.get("task", "").startswith("arith") else None,
+                      progress=not args.quiet)
+    report = {"model": args.model, "data": str(Path(args.data).resolve()), "data_task": metadata.get("task"),
+              "command": {k: v for k, v in vars(args).items() if k != "func"}, **report}
+    print(markdown(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

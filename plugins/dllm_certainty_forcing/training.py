@@ -3,9 +3,12 @@
 The student starts as a copy of the teacher (the same checkpoint, loaded again) and is
 trained on the teacher's own trajectories (:mod:`.trajectories`) with dParallel's loss
 (:mod:`.loss`) over two complementary views of one active block per sample
-(:mod:`.masking`).  The layout matches decoding: prompts left-padded and clean, the response
-padded with end-of-text to ``pad_length`` (the last columns), blocks counted from the start
-of the response.  Training is either full fine-tuning or LoRA through ``peft`` on the Llama
+(:mod:`.masking`).  Layout (the authors' ``llada_train.py``): each sample is its clean prompt
+followed by the response, the two together cut or padded with end-of-text to one
+``total_length``, so a long prompt leaves less room for the response and the student sees
+the end-of-text tail only as far as that length reaches; blocks are counted from the start of
+the response.  ``pad_length`` instead gives every response the same region after a
+left-padded prompt (the layout of earlier versions, kept as an option).  Training is either full fine-tuning or LoRA through ``peft`` on the Llama
 projections (merged back into the weights at the end).
 
 Every random draw of step ``s`` (which samples, which block, which positions) comes from
@@ -22,6 +25,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +34,9 @@ import attrs
 import torch
 
 from dllm_certainty_forcing.loss import LLADA_WEIGHT, TEMPERATURE, LossTerms, certainty_forcing_loss
-from dllm_certainty_forcing.masking import Views, draw_views
+from dllm_certainty_forcing.masking import MaskRatio, Views, draw_views
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.training.sft import Batch, step_generator, collate
+from dllm_arith.sft import Batch, step_generator, collate
 
 CHECKPOINT = "checkpoint.pt"
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,10 +57,16 @@ class DistillConfig:
         micro_batch_size: samples per forward (0: the whole batch); gradients accumulate.
         lr / warmup / weight_decay / grad_clip: AdamW, linear warm-up then constant (as the paper).
         seed: seed of every draw.
-        pad_length: response region of a training sample: the teacher's response padded with
-            end-of-text to this length (the paper pads LLaDA's 256-token answers to 384).
+        total_length: prompt and response together cut or padded with end-of-text to this many
+            tokens (the authors' layout: 384 for LLaDA on GSM8K).  0: use ``pad_length``.
+        pad_length: instead, every response padded to this length after its left-padded
+            prompt (earlier versions' layout; not the authors').  Exactly one of the two is set.
         block_length: block width of the masking scheme (32, as decoding).
-        mask_ratio: share of the active block masked in the first view (0.5).
+        mask_distribution: how the first view's ratio of the active block is drawn per sample:
+            ``fixed`` (``mask_ratio``, the authors), ``uniform`` or ``high`` (deviations; see
+            :class:`~dllm_certainty_forcing.masking.MaskRatio`).
+        mask_ratio: the fixed ratio (0.5).
+        mask_skew: skew of ``high`` (Beta(skew, 1); 3: mean ratio 0.75).
         temperature: temperature of the certainty entropy (0.5).
         entropy_weight: ``w`` (2 for LLaDA-style models, 1 for Dream).
         lora_rank: 0 for full fine-tuning, else the LoRA rank (the paper: 128).
@@ -75,9 +85,12 @@ class DistillConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    pad_length: int = 96
+    total_length: int = 0
+    pad_length: int = 0
     block_length: int = 32
+    mask_distribution: str = "fixed"
     mask_ratio: float = 0.5
+    mask_skew: float = 3.0
     temperature: float = TEMPERATURE
     entropy_weight: float = LLADA_WEIGHT
     lora_rank: int = 0
@@ -90,20 +103,35 @@ class DistillConfig:
     eval_every: int = 0
 
     def __attrs_post_init__(self) -> None:
-        for name in ("steps", "batch_size", "pad_length", "block_length", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "block_length", "save_every", "log_every"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be a positive integer")
-        for name in ("micro_batch_size", "warmup", "lora_rank", "eval_every"):
+        for name in ("micro_batch_size", "warmup", "lora_rank", "eval_every", "total_length", "pad_length"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, f"{name}={value!r} must be an integer >= 0")
+        _check((self.total_length > 0) != (self.pad_length > 0),
+               f"set exactly one of total_length (prompt + response, the authors' layout) and pad_length "
+               f"(response only), got total_length={self.total_length}, pad_length={self.pad_length}")
         _check(self.lr > 0, f"lr={self.lr} must be > 0")
-        _check(0.0 < self.mask_ratio < 1.0, f"mask_ratio={self.mask_ratio} must lie strictly between 0 and 1")
+        try:
+            self.masking
+        except ConfigError as exc:
+            raise ConfigError(f"distill: {exc}") from exc
         _check(self.temperature > 0, f"temperature={self.temperature} must be > 0 (the paper: 0.5)")
         _check(self.entropy_weight >= 0, f"entropy_weight={self.entropy_weight} must be >= 0 (2 LLaDA, 1 Dream)")
         _check(self.weight_decay >= 0 and self.grad_clip > 0, "weight_decay must be >= 0 and grad_clip > 0")
         _check(self.lora_alpha >= 0 and 0.0 <= self.lora_dropout < 1.0,
                "lora_alpha must be >= 0 and lora_dropout in [0, 1)")
         _check(not self.lora_rank or bool(self.lora_targets), "LoRA needs at least one target module name")
+
+    @property
+    def masking(self) -> MaskRatio:
+        return MaskRatio(self.mask_distribution, self.mask_ratio, self.mask_skew)
+
+    @property
+    def width(self) -> int:
+        """Columns of the response positions the views are drawn over."""
+        return self.total_length or self.pad_length
 
     @property
     def micro(self) -> int:
@@ -159,7 +187,10 @@ def attach_lora(module: torch.nn.Module, config: DistillConfig):
                         f"choose among its linear layers, e.g. {', '.join(LLAMA_PROJECTIONS)}")
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
                       lora_dropout=config.lora_dropout, target_modules=list(config.lora_targets), bias="none")
-    return get_peft_model(module, lora)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing`` alias; nothing of ours does
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(module, lora)
 
 
 def _set_checkpointing(module: torch.nn.Module, on: bool) -> None:
@@ -207,6 +238,64 @@ def _restore(path: Path, module: torch.nn.Module, optimizer, config: DistillConf
     return saved
 
 
+@attrs.frozen
+class Layout:
+    """A collated micro-batch: ``batch`` (its response region is the last ``batch.gen_length``
+    columns) and, per sample, the column of that region where its response starts
+    (``offsets``) and its response length (``lengths``)."""
+
+    batch: Batch
+    offsets: torch.Tensor = attrs.field(eq=False)
+    lengths: torch.Tensor = attrs.field(eq=False)
+
+
+def response_lengths(prompts: Sequence[Sequence[int]], config: DistillConfig) -> torch.Tensor:
+    """(B,) each sample's response length in the training layout (see :func:`layout`).
+
+    Raises:
+        ConfigError: a prompt that leaves no room for a response within ``total_length``.
+    """
+    if not config.total_length:
+        return torch.full((len(prompts),), config.pad_length, dtype=torch.long)
+    sizes = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    longest = int(sizes.max())
+    _check(longest < config.total_length, f"a prompt has {longest} tokens, which leaves no response within "
+                                          f"total_length={config.total_length}; raise it above the longest prompt "
+                                          f"(e.g. {longest + 2 * config.block_length}: the prompt and two blocks)")
+    return config.total_length - sizes
+
+
+def layout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], config: DistillConfig,
+           pad_id: int, fill_id: int) -> Layout:
+    """Collate one micro-batch in the training layout.
+
+    With ``total_length`` T (the authors' layout) every row is its prompt then its response,
+    cut or padded with ``fill_id`` so the row is exactly T tokens: no padding, the response
+    starting right after each prompt.  The region kept for the loss is the last
+    ``T - shortest prompt`` columns, where sample ``i``'s response starts at
+    ``len(prompt_i) - shortest prompt``.  With ``pad_length`` the prompts are left-padded and
+    every response is padded to that length (a longer one is an error, as in SFT).
+    """
+    lengths = response_lengths(prompts, config)
+    if not config.total_length:
+        longest = max(len(r) for r in responses)
+        _check(longest <= config.pad_length, f"a teacher response has {longest} tokens, more than pad_length="
+                                             f"{config.pad_length}; raise the pad length to at least {longest}")
+        batch = collate(prompts, responses, config.pad_length, pad_id, fill_id)
+        return Layout(batch, torch.zeros(len(prompts), dtype=torch.long), lengths)
+    total = config.total_length
+    rows = []
+    for prompt, response, room in zip(prompts, responses, lengths.tolist(), strict=True):
+        kept = list(response[:room])
+        rows.append(list(prompt) + kept + [fill_id] * (room - len(kept)))
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    shortest = total - int(lengths.max())
+    batch = Batch(input_ids, torch.ones_like(input_ids), torch.arange(total).expand(len(rows), total).clone(),
+                  total - shortest)
+    offsets = (total - lengths) - shortest
+    return Layout(batch, offsets, lengths)
+
+
 def batch_terms(model: Any, batch: Batch, views: Views, config: DistillConfig) -> LossTerms:
     """Both views of a collated batch through the student in one forward; their loss terms."""
     L = batch.gen_length
@@ -242,9 +331,11 @@ def distill(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
     from tqdm.auto import tqdm
 
     _check(len(pairs) > 0, "no training pairs; make trajectories first")
-    longest = max(len(r) for _, r in pairs)
-    _check(longest <= config.pad_length, f"a teacher response has {longest} tokens, more than pad_length="
-                                         f"{config.pad_length}; raise the pad length to at least {longest}")
+    if config.pad_length:
+        longest = max(len(r) for _, r in pairs)
+        _check(longest <= config.pad_length, f"a teacher response has {longest} tokens, more than pad_length="
+                                             f"{config.pad_length}; raise the pad length to at least {longest}")
+    response_lengths([p for p, _ in pairs], config)  # a prompt too long for total_length fails before training
     _check(stop_at is None or stop_at >= 1, f"stop_at={stop_at} must be >= 1")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -272,8 +363,9 @@ def distill(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
     for step in range(start, end):
         generator = step_generator(config.seed, step)
         picks = batch_indices(len(pairs), config.batch_size, config.seed, step).tolist()
-        views = draw_views(config.batch_size, config.pad_length, block_length=config.block_length,
-                           mask_ratio=config.mask_ratio, generator=generator, device=device)
+        lengths = response_lengths([pairs[i][0] for i in picks], config) if config.total_length else None
+        views = draw_views(config.batch_size, config.width, block_length=config.block_length,
+                           mask_ratio=config.masking, generator=generator, lengths=lengths)
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
         optimizer.zero_grad(set_to_none=True)
@@ -281,11 +373,13 @@ def distill(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
         for first in range(0, config.batch_size, config.micro):
             rows = slice(first, first + config.micro)
             chosen = picks[rows]
-            batch = collate([pairs[i][0] for i in chosen], [pairs[i][1] for i in chosen], config.pad_length,
-                            pad_id, model.fill_id)
+            placed = layout([pairs[i][0] for i in chosen], [pairs[i][1] for i in chosen], config, pad_id,
+                            model.fill_id)
+            batch = placed.batch
             batch = Batch(batch.input_ids.to(device), batch.attention_mask.to(device),
                           batch.position_ids.to(device), batch.gen_length)
-            terms = batch_terms(model, batch, views.take(rows), config)
+            terms = batch_terms(model, batch, views.take(rows).shift(placed.offsets, batch.gen_length).to(device),
+                                config)
             (terms.per_sample.sum() / config.batch_size).backward()
             parts.append(terms)
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

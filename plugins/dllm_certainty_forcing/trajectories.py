@@ -19,8 +19,11 @@ The result is a ``datasets.Dataset`` saved with ``save_to_disk`` beside a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +31,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from dllm_strategies.arith.task import ANSWER_RE, Problem
+from dllm_arith.task import ANSWER_RE, Problem
 from dllm_strategies.decode import decode, encode_prompts
 from dllm_strategies.errors import ConfigError
 
@@ -95,7 +98,7 @@ def final_answer(text: str, pattern: str = ANSWER_RE.pattern) -> int | None:
 
 def is_correct(text: str, answer: int, pattern: str = ANSWER_RE.pattern) -> bool:
     """Whether the teacher's ``text`` gives the right ``answer`` (the trajectory filter; with the
-    default pattern, the same test as ``dllm_strategies.arith.task.extract_answer(text) == answer``)."""
+    default pattern, the same test as ``dllm_arith.task.extract_answer(text) == answer``)."""
     return final_answer(text, pattern) == answer
 
 
@@ -105,36 +108,103 @@ def trailing_count(tokens: torch.Tensor, token_id: int) -> torch.Tensor:
     return same.cumprod(1).sum(1)
 
 
+COLUMNS = ("question", "answer", "prompt_ids", "response_ids", "text", "predicted", "correct")
+PARTS = "parts"
+SETTINGS = "settings.json"
+
+
+def weights_fingerprint(directory: str | Path) -> str:
+    """Identifies a checkpoint's weights wherever the directory lies (a resumed decode refuses a
+    teacher that changed, not one that moved): a hash of its config and of each weight file's
+    name, size, head and tail, cheap even for an 8B checkpoint."""
+    digest = hashlib.sha256()
+    path = Path(directory)
+    for file in sorted([*path.glob("config.json"), *path.glob("*.safetensors"), *path.glob("*.bin")]):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def _part_file(parts: Path, start: int) -> Path:
+    return parts / f"{start:07d}.json"
+
+
+def _open_parts(parts: Path, settings: dict[str, Any]) -> None:
+    """Create ``parts`` for a run with ``settings``, or check that an earlier run used the same ones."""
+    parts.mkdir(parents=True, exist_ok=True)
+    file = parts / SETTINGS
+    if file.is_file():
+        saved = json.loads(file.read_text())
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise ConfigError(f"{parts} holds trajectories decoded with other settings ({', '.join(changed)} "
+                              "differ); rerun with the same options or use a new output directory")
+    else:
+        file.write_text(json.dumps(settings, indent=1))
+
+
+def _read_part(file: Path, questions: list[str]) -> dict[str, list] | None:
+    if not file.is_file():
+        return None
+    part = json.loads(file.read_text())
+    stored = part["rows"]["question"]
+    if stored == questions:
+        return part
+    if len(stored) < len(questions) and stored == questions[:len(stored)]:
+        return None  # the last, partial batch of a shorter run: decoded again in full
+    raise ConfigError(f"{file} was decoded for other problems (another seed, split or problem file); use a "
+                      "new output directory")
+
+
+def _write_part(file: Path, rows: dict[str, list], seconds: float) -> None:
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rows": rows, "seconds": seconds}))
+    tmp.replace(file)
+
+
 @torch.inference_mode()
 def teacher_trajectories(model: Any, problems: Sequence[Problem], config: TrajectoryConfig = TrajectoryConfig(),
-                         *, progress: bool = True):
+                         *, progress: bool = True, parts: str | Path | None = None,
+                         settings: dict[str, Any] | None = None):
     """Decode every problem with the teacher's standard decode (LLaDA low-confidence, one
     token per step); return every row, right or not, as a ``datasets.Dataset`` (see the
-    module docstring for the columns).  :func:`keep_rows` then applies ``config.keep``."""
+    module docstring for the columns).  :func:`keep_rows` then applies ``config.keep``.
+
+    ``parts``: a directory where each batch of decoded rows is written as soon as it is done
+    (``0000064.json`` for the batch starting at problem 64); a rerun reads the batches already
+    there instead of decoding them again, so a long decode continues across sessions, and a
+    run over more problems of the same sequence reuses the shorter run's batches.  The
+    ``settings`` (what decoded them: teacher, decode config, problem source) are kept in
+    ``parts/settings.json``; other settings, or a batch holding other questions, are errors.
+    :func:`decode_seconds` sums the seconds every session spent on the batches.
+    """
     import datasets
     from tqdm.auto import tqdm
 
     if not problems:
         raise ConfigError("trajectories: no problems to decode; ask for at least one")
-    rows: dict[str, list] = {k: [] for k in ("question", "answer", "prompt_ids", "response_ids", "text",
-                                             "predicted", "correct")}
+    folder = None if parts is None else Path(parts)
+    if folder is not None:
+        _open_parts(folder, {"config": attrs.asdict(config), **(settings or {})})
+    rows: dict[str, list] = {k: [] for k in COLUMNS}
     bar = tqdm(total=len(problems), desc="trajectories", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(problems), config.batch_size):
         chunk = problems[start:start + config.batch_size]
-        ids, mask = encode_prompts(model, [p.question for p in chunk], chat=config.chat)
-        result = decode(model, ids, prompt_mask=mask, strategy=None, gen_length=config.gen_length,
-                        block_length=config.block_length, steps=config.gen_length)
-        response = result.tokens.cpu()
-        lengths = (config.gen_length - trailing_count(response, model.fill_id)).tolist()
-        for i, problem in enumerate(chunk):
-            predicted = final_answer(result.text[i], config.answer_pattern)
-            rows["question"].append(problem.question)
-            rows["answer"].append(int(problem.answer))
-            rows["prompt_ids"].append(ids[i][mask[i]].tolist())
-            rows["response_ids"].append(response[i, :lengths[i]].tolist())
-            rows["text"].append(result.text[i])
-            rows["predicted"].append(predicted)
-            rows["correct"].append(is_correct(result.text[i], problem.answer, config.answer_pattern))
+        file = None if folder is None else _part_file(folder, start)
+        part = None if file is None else _read_part(file, [p.question for p in chunk])
+        if part is None:
+            began = time.monotonic()
+            decoded = _decode_chunk(model, chunk, config)
+            part = {"rows": decoded, "seconds": round(time.monotonic() - began, 1)}
+            if file is not None:
+                _write_part(file, part["rows"], part["seconds"])
+        for key in COLUMNS:
+            rows[key].extend(part["rows"][key])
         bar.update(len(chunk))
         bar.set_postfix(correct=f"{sum(rows['correct'])}/{len(rows['correct'])}")
     bar.close()
@@ -145,6 +215,29 @@ def teacher_trajectories(model: Any, problems: Sequence[Problem], config: Trajec
         "text": datasets.Value("string"), "predicted": datasets.Value("int64"), "correct": datasets.Value("bool"),
     })
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+def decode_seconds(parts: str | Path) -> float:
+    """Seconds spent decoding the batches kept in ``parts`` (over every session that made them)."""
+    return round(sum(json.loads(f.read_text())["seconds"] for f in sorted(Path(parts).glob("[0-9]*.json"))), 1)
+
+
+def _decode_chunk(model: Any, chunk: Sequence[Problem], config: TrajectoryConfig) -> dict[str, list]:
+    ids, mask = encode_prompts(model, [p.question for p in chunk], chat=config.chat)
+    result = decode(model, ids, prompt_mask=mask, strategy=None, gen_length=config.gen_length,
+                    block_length=config.block_length, steps=config.gen_length)
+    response = result.tokens.cpu()
+    lengths = (config.gen_length - trailing_count(response, model.fill_id)).tolist()
+    rows: dict[str, list] = {k: [] for k in COLUMNS}
+    for i, problem in enumerate(chunk):
+        rows["question"].append(problem.question)
+        rows["answer"].append(int(problem.answer))
+        rows["prompt_ids"].append(ids[i][mask[i]].tolist())
+        rows["response_ids"].append(response[i, :lengths[i]].tolist())
+        rows["text"].append(result.text[i])
+        rows["predicted"].append(final_answer(result.text[i], config.answer_pattern))
+        rows["correct"].append(is_correct(result.text[i], problem.answer, config.answer_pattern))
+    return rows
 
 
 def keep_rows(table, keep: str):
