@@ -14,13 +14,14 @@ from dllm_strategies.errors import (
 )
 from dllm_strategies.hookspecs import hookimpl, hookspec
 from dllm_strategies.models import DiffusionModel, load_model
-from dllm_strategies.registry import Plugin, Strategy, build_strategy
+from dllm_strategies.plugin import Plugin
 from dllm_strategies.spec import SpecItem, parse_spec
 from dllm_strategies.state import Commit, DecodeConfig, DecodeResult, DecodeState, Logits, Plan, Proposal
+from dllm_strategies.strategy import RunPlugins, Strategy, build_strategy
 
 __all__ = [
     "Commit", "ConfigError", "DecodeConfig", "DecodeResult", "DecodeState", "DiffusionModel", "DllmError",
-    "Logits", "ModelError", "ModelOutputError", "Plan", "Plugin", "PluginError", "Proposal", "SpecError",
+    "Logits", "ModelError", "ModelOutputError", "Plan", "Plugin", "PluginError", "Proposal", "RunPlugins", "SpecError",
     "SpecItem", "StepLimitError", "Strategy", "build_strategy", "decode", "encode_prompts", "hookimpl",
     "hookspec", "load_model", "parse_spec",
 ]

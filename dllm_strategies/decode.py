@@ -1,12 +1,13 @@
 """The decode loop: one loop for every strategy.
 
 ``decode(model, prompts, strategy="threshold(tau=0.9)+eot", gen_length=256, block_length=32)``
-builds the run's own plugin manager, then repeats, on the rows still live::
+builds the run's own plugin manager, then repeats, on the rows still running (unfinished)::
 
     plan -> forward -> sample -> score -> remask -> commit -> truncate -> stop -> observe
 
 The core, not the plugins, enforces the decoder's promises: the prompt is never written;
-only masked positions are committed; every live row commits at least one token per step;
+only masked positions are committed; every running row commits at least one token per step
+(unless its schedule declares ``empty_steps`` and plans none before the row's last step);
 only a revocable plugin un-commits, and only inside the current window; a live length never
 grows; a finished row never changes; every model call is counted.  A hook that raises is
 reported as :class:`~dllm_strategies.errors.PluginError` naming the plugin and the hook,
@@ -22,27 +23,45 @@ from typing import Any
 import attrs
 import torch
 
-from dllm_strategies import ops
+from dllm_strategies import ops, uniform
 from dllm_strategies.errors import ConfigError, ModelOutputError, PluginError, StepLimitError
-from dllm_strategies.registry import Strategy, build_strategy
+from dllm_strategies.strategy import RunPlugins, Strategy
 from dllm_strategies.state import Commit, DecodeConfig, DecodeResult, DecodeState, Logits, Plan, Proposal
 
 
 class MeteredModel:
-    """The model as plugins see it: every ``logits`` call is counted and checked."""
+    """The model as plugins see it: every ``logits`` call is counted and checked.
+
+    ``charged`` (B,) counts, during a step, the calls each of the step's rows took part in (the
+    core sets it before ``dllm_forward``): a call names its rows with ``rows=``, else it counts
+    for every row.  A row's NFE grows by its own count, so a forward over some rows only (a
+    cache refreshing the rows that crossed a block boundary) costs the others nothing."""
 
     def __init__(self, model: Any):
         self.model = model
         self.calls = 0
         self._positions: torch.Tensor | int = 0
+        self.charged: torch.Tensor | None = None
+        self.encoder_calls = 0
 
     @property
     def positions(self) -> int:
         return int(self._positions)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               rows: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """The model's logits; ``rows`` (n,): the positions, among the step's rows, of the n
+        input rows (None: the input is every row of the step)."""
+        if rows is not None and (rows.dim() != 1 or rows.numel() != input_ids.shape[0] or rows.is_floating_point()):
+            raise ValueError(f"model.logits(rows=...) must name one row of the step per input row: an integer "
+                             f"tensor of shape ({input_ids.shape[0]},), got shape {tuple(rows.shape)}")
         out = self.model.logits(input_ids, attention_mask=attention_mask, **kwargs)
         self.calls += 1
+        if self.charged is not None:
+            if rows is None:
+                self.charged += 1
+            else:
+                self.charged.index_add_(0, rows.to(self.charged.device), torch.ones_like(rows, device=self.charged.device))
         if attention_mask is not None and attention_mask.dim() == 2:
             self._positions = self._positions + attention_mask.sum()
         else:
@@ -58,6 +77,13 @@ class MeteredModel:
                 f"model {_model_name(self.model)} returned logits over {out.shape[-1]} tokens but its "
                 f"vocab_size is {self.model.vocab_size}; check the checkpoint's config and head"
             )
+        return out
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        """An encoder pass of a block-autoregressive model (finished blocks into its exact cache):
+        counted apart (``DecodeResult.encoder_forwards``), never as NFE."""
+        out = self.model.encode(*args, **kwargs)
+        self.encoder_calls += 1
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -122,8 +148,10 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
     Args:
         model: a :class:`~dllm_strategies.models.DiffusionModel` (or any object with its shape).
         prompts: texts, token id lists, or a (B, P) tensor (with ``prompt_mask`` for padding).
-        strategy: a spec such as ``"threshold(tau=0.9)+eot"``, a list of ``(name, options)``, a
-            :class:`Strategy`, or None for the core defaults (LLaDA low-confidence).
+        strategy: a spec such as ``"threshold(tau=0.9)+eot"``, a list of names, ``(name, options)``
+            and plugin objects (``[MyRule(MyRule.Options(k=2)), "eot"]``), a parsed
+            :class:`Strategy` (parse once, decode many times), or None for the core defaults
+            (LLaDA low-confidence).  Each call starts fresh plugin instances.
         gen_length / block_length / steps: as in LLaDA (block_length defaults to gen_length,
             steps to gen_length: one token per step).
         seed: seed of every random choice.
@@ -131,18 +159,20 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
         reference: (B, gen_length) reference response for oracle plugins.
         trace: keep the response after every step (``DecodeResult.trace``).
     """
-    if not isinstance(strategy, Strategy):
-        strategy = build_strategy(strategy)
+    plugins = strategy if isinstance(strategy, RunPlugins) else Strategy.parse(strategy).start()
     if prompt_mask is not None and isinstance(prompts, torch.Tensor):
         ids, mask = prompts.long(), prompt_mask.bool()
         if not bool(mask.any(-1).all()):
             raise ConfigError("a prompt row is all padding; give every row at least one token")
     else:
         ids, mask = encode_prompts(model, prompts, chat=chat)
-    config = DecodeConfig(
-        gen_length=gen_length, block_length=block_length or gen_length, steps=steps,
-        mask_id=model.mask_id, fill_id=model.fill_id, eot_ids=tuple(model.eot_ids), seed=seed,
-        max_steps=max_steps, trace=trace,
+    process = getattr(model, "process", "absorbing")
+    uniform.require_process(plugins, process, model)
+    block_length, steps = _block_defaults(model, gen_length, block_length, steps)
+    config = DecodeConfig.for_model(
+        model, gen_length=gen_length, block_length=gen_length if block_length is None else block_length,
+        steps=steps, seed=seed,
+        max_steps=max_steps, trace=trace, process=process,
     )
     limit = getattr(model, "max_positions", None)
     if limit is not None and ids.shape[1] + gen_length > limit:
@@ -154,17 +184,36 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
     if reference is not None:
         reference = reference.to(device)
     state = DecodeState.start(ids.to(device), mask.to(device), config, reference=reference, extras=extras)
-    return run(strategy, model, state)
+    return run(plugins, model, state)
+
+
+def _block_defaults(model: Any, gen_length: int, block_length: int | None,
+                    steps: int | None) -> tuple[int | None, int | None]:
+    """A model with a fixed block (DiffusionGemma's canvas) decodes blocks of exactly that width,
+    with its own steps per block unless ``steps`` is given."""
+    width = getattr(model, "block_length", None)
+    if width is None:
+        return block_length, steps
+    if block_length is not None and block_length != width:
+        raise ConfigError(f"model {_model_name(model)} decodes blocks of {width} tokens; use block_length={width} "
+                          "(or leave it unset)")
+    if gen_length % width:
+        raise ConfigError(f"gen_length={gen_length} is not a whole number of {width}-token blocks for model "
+                          f"{_model_name(model)}; use gen_length={-(-gen_length // width) * width}")
+    per_block = getattr(model, "steps_per_block", None)
+    if steps is None and per_block is not None:
+        steps = per_block * (gen_length // width)
+    return width, steps
 
 
 @attrs.frozen
 class StepRecord:
-    """What one step did, on its live rows (``rows``: their indices in the batch).
+    """What one step did, on its running rows (``rows``: their indices in the batch).
 
     Attributes:
-        before / after: the live rows' state before and after the step.
+        before / after: the running rows' state before and after the step.
         plan, proposal, commit: the step's plan, candidates and applied commit.
-        forced: (B_live,) commits the core added because the strategy committed none.
+        forced: (B_running,) commits the core added because the strategy committed none.
     """
 
     rows: torch.Tensor = attrs.field(eq=False)
@@ -183,7 +232,7 @@ class Run:
     (``dllm_strategies.testing``) checks each :class:`StepRecord` in between.  Autograd is
     off inside: decoding never needs gradients."""
 
-    strategy: Strategy
+    strategy: RunPlugins
     model: Any
     state: DecodeState
     metered: MeteredModel
@@ -193,7 +242,12 @@ class Run:
 
     @classmethod
     @torch.no_grad()
-    def begin(cls, strategy: Strategy, model: Any, state: DecodeState) -> Run:
+    def begin(cls, strategy: RunPlugins | Strategy, model: Any, state: DecodeState) -> Run:
+        if isinstance(strategy, Strategy):
+            strategy = strategy.start()
+        runner = getattr(model, "runner", None)  # a block-autoregressive model's own loop (blocks.BlockRun)
+        if runner is not None and cls is Run:
+            return runner.begin(strategy, model, state)
         metered = MeteredModel(model)
         started = time.perf_counter()
         strategy.call("dllm_start", state=state, model=metered)
@@ -208,33 +262,35 @@ class Run:
     @torch.no_grad()
     def step(self) -> StepRecord:
         state, config = self.state, self.state.config
-        live = (~state.finished).nonzero().squeeze(1)
+        running = (~state.finished).nonzero().squeeze(1)
         if state.step >= config.max_steps:
             raise StepLimitError(
                 f"decoding reached max_steps={config.max_steps} with masked positions left in rows "
-                f"{live.tolist()}; plugin {self.strategy.owners['dllm_remask']!r} keeps re-masking "
+                f"{running.tolist()}; plugin {self.strategy.owners['dllm_remask']!r} keeps re-masking "
                 "(raise max_steps or make it revoke less)"
             )
-        whole = live.numel() == state.batch_size
-        part = state if whole else state.take(live)
-        record = _step(self.strategy, self.metered, part, live)
-        self.forced[live] += record.forced
-        self.state = record.after if whole else state.put(live, record.after)
+        whole = running.numel() == state.batch_size
+        part = state if whole else state.take(running)
+        record = _step(self.strategy, self.metered, part, running)
+        self.forced[running] += record.forced
+        self.state = record.after if whole else state.put(running, record.after)
         if self.frames is not None:
             self.frames.append(self.state.response.clone())
         return record
 
     def result(self) -> DecodeResult:
         state = self.state
+        lengths = answer_lengths(state.response, state.config)
         return DecodeResult(
-            tokens=state.response, text=_texts(self.model, state.response, state.config), steps=state.taken,
+            tokens=state.response, text=_texts(self.model, state.response, state.config, lengths),
+            answer_length=lengths, steps=state.taken,
             nfe=state.nfe, block_nfe=state.block_nfe, forwards=self.metered.calls, positions=self.metered.positions,
-            commit_step=state.commit_step, forced=self.forced, wall_time=time.perf_counter() - self.started,
+            encoder_forwards=self.metered.encoder_calls, commit_step=state.commit_step, forced=self.forced, wall_time=time.perf_counter() - self.started,
             trace=torch.stack(self.frames) if self.frames else None,
         )
 
 
-def run(strategy: Strategy, model: Any, state: DecodeState) -> DecodeResult:
+def run(strategy: RunPlugins, model: Any, state: DecodeState) -> DecodeResult:
     """Run the loop from ``state`` to the end (see :func:`decode`)."""
     current = Run.begin(strategy, model, state)
     while not current.done:
@@ -242,12 +298,14 @@ def run(strategy: Strategy, model: Any, state: DecodeState) -> DecodeResult:
     return current.result()
 
 
-def _step(strategy: Strategy, model: MeteredModel, state: DecodeState, rows: torch.Tensor) -> StepRecord:
+def _step(strategy: RunPlugins, model: MeteredModel, state: DecodeState, rows: torch.Tensor) -> StepRecord:
     before, config = state, state.config
     G = config.gen_length
     plan = strategy.call("dllm_schedule", state=state)
     _check_plan(strategy, plan, state)
-    calls = model.calls
+    if config.process == "uniform":  # a window opening on positions never opened starts as noise
+        before = state = uniform.open_windows(state, plan, model.vocab_size)
+    model.charged = torch.zeros(state.batch_size, dtype=torch.long, device=state.device)
     logits = strategy.call("dllm_forward", model=model, state=state, plan=plan)
     _check_logits(strategy, logits, state)
     tokens = strategy.call("dllm_sample", state=state, logits=logits, plan=plan)
@@ -255,8 +313,8 @@ def _step(strategy: Strategy, model: MeteredModel, state: DecodeState, rows: tor
     scores = strategy.call("dllm_score", state=state, logits=logits, tokens=tokens, confidence=confidence, plan=plan)
     _check_finite(model, confidence, state)
     candidates = state.masked
-    if logits.start > 0 or logits.stop < G:
-        candidates = candidates & logits.span(G, state.device)[None, :]
+    if logits.cover is not None or logits.start > 0 or logits.stop < G:
+        candidates = candidates & logits.reach(G, state.device)
     proposal = Proposal(
         tokens=logits.widen(tokens, config.mask_id, G),
         confidence=logits.widen(confidence, 0.0, G),
@@ -264,9 +322,14 @@ def _step(strategy: Strategy, model: MeteredModel, state: DecodeState, rows: tor
         logits=logits,
     )
     commit = _as_commit(strategy.call("dllm_remask", state=state, proposal=proposal, plan=plan))
-    state, commit, forced = _apply(strategy, state, plan, proposal, commit, forwards=model.calls - calls)
-    state = _truncate(strategy, state, proposal)
-    state, commit = _stop(strategy, state, proposal, commit)
+    if config.process == "uniform":
+        state, commit, forced = uniform.apply(strategy, state, plan, proposal, commit, forwards=model.charged)
+        state = _truncate(strategy, state, proposal)
+        state, commit = uniform.stop(strategy, state, plan, proposal, commit)
+    else:
+        state, commit, forced = _apply(strategy, state, plan, proposal, commit, forwards=model.charged)
+        state = _truncate(strategy, state, proposal)
+        state, commit = _stop(strategy, state, proposal, commit)
     strategy.call("dllm_after_step", state=state, proposal=proposal, commit=commit)
     return StepRecord(rows=rows, before=before, after=state, plan=plan, proposal=proposal, commit=commit,
                       forced=forced)
@@ -275,12 +338,12 @@ def _step(strategy: Strategy, model: MeteredModel, state: DecodeState, rows: tor
 # ------------------------------------------------------------------------------------------
 # Enforcement
 # ------------------------------------------------------------------------------------------
-def _fail(strategy: Strategy, hook: str, message: str) -> PluginError:
+def _fail(strategy: RunPlugins, hook: str, message: str) -> PluginError:
     owner = strategy.owners.get(hook, "core")
     return PluginError(f"plugin {owner!r} broke the {hook} contract: {message}", plugin=owner, hook=hook)
 
 
-def _check_plan(strategy: Strategy, plan: Any, state: DecodeState) -> None:
+def _check_plan(strategy: RunPlugins, plan: Any, state: DecodeState) -> None:
     B, G = state.batch_size, state.config.gen_length
     if not isinstance(plan, Plan):
         raise _fail(strategy, "dllm_schedule", f"returned {type(plan).__name__}, expected a Plan")
@@ -288,12 +351,27 @@ def _check_plan(strategy: Strategy, plan: Any, state: DecodeState) -> None:
         value = getattr(plan, name)
         if not isinstance(value, torch.Tensor) or value.shape != (B,):
             raise _fail(strategy, "dllm_schedule", f"Plan.{name} must be a ({B},) tensor")
-    bad = (plan.budget < 1) | (plan.window_start < 0) | (plan.window_end > G) | (plan.window_end <= plan.window_start)
+    bad = (plan.budget < 0) | (plan.window_start < 0) | (plan.window_end > G) | (plan.window_end <= plan.window_start)
     if bool(bad.any()):
-        raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1")
+        raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1 "
+                                               "(0 only from a schedule declaring empty_steps)")
+    # A step that commits nothing (Dream's first step) only from a schedule that says it plans
+    # one, and never at or past a row's last declared step: a row still takes at most
+    # steps - 1 empty steps, so every run ends.
+    empty = plan.budget == 0
+    if bool(empty.any()):
+        if not getattr(strategy.owner("dllm_schedule"), "empty_steps", False):
+            raise _fail(strategy, "dllm_schedule", "planned budget 0 (a step that commits nothing) but does not "
+                                                   "declare empty_steps = True; plan a budget >= 1 or declare it")
+        late = empty & (state.taken >= state.config.steps - 1)
+        if bool(late.any()):
+            row = int(late.nonzero()[0, 0])
+            raise _fail(strategy, "dllm_schedule",
+                        f"planned budget 0 for row {int(state.rows[row])} at its step {int(state.taken[row]) + 1} of "
+                        f"{state.config.steps}; an empty step is allowed only before a row's last declared step")
 
 
-def _check_logits(strategy: Strategy, logits: Any, state: DecodeState) -> None:
+def _check_logits(strategy: RunPlugins, logits: Any, state: DecodeState) -> None:
     if not isinstance(logits, Logits):
         raise _fail(strategy, "dllm_forward", f"returned {type(logits).__name__}, expected Logits")
     values = logits.values
@@ -302,6 +380,9 @@ def _check_logits(strategy: Strategy, logits: Any, state: DecodeState) -> None:
         raise _fail(strategy, "dllm_forward",
                     f"Logits of shape {tuple(values.shape)} at start {logits.start} do not fit "
                     f"{state.batch_size} rows x {state.config.gen_length} response positions")
+    cover = logits.cover
+    if cover is not None and (cover.shape != values.shape[:2] or cover.dtype != torch.bool):
+        raise _fail(strategy, "dllm_forward", f"Logits.cover must be a bool tensor of shape {tuple(values.shape[:2])}")
 
 
 def _check_finite(model: Any, confidence: torch.Tensor, state: DecodeState) -> None:
@@ -320,8 +401,8 @@ def _as_commit(value: Any) -> Any:
     return value
 
 
-def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposal,
-           commit: Any, forwards: int) -> tuple[DecodeState, Commit, torch.Tensor]:
+def _apply(strategy: RunPlugins, state: DecodeState, plan: Plan, proposal: Proposal,
+           commit: Any, forwards: torch.Tensor) -> tuple[DecodeState, Commit, torch.Tensor]:
     config = state.config
     B, G = state.batch_size, config.gen_length
     if not isinstance(commit, Commit) or commit.mask.shape != (B, G) or commit.mask.dtype != torch.bool:
@@ -334,8 +415,9 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
         raise _fail(strategy, "dllm_remask",
                     f"committed response position {col} of row {int(state.rows[row])}, which is not masked; "
                     "commit only masked positions (e.g. & plan.window(state))")
-    # Progress: a row that committed nothing gets its best-scored window position.
-    empty = ~chosen.any(1)
+    # Progress: a row that committed nothing gets its best-scored window position (unless its
+    # plan asked for nothing: checked above, only from a schedule declaring empty_steps).
+    empty = ~chosen.any(1) & (plan.budget > 0)
     forced = torch.zeros(B, dtype=torch.long, device=state.device)
     if bool(empty.any()):
         window = plan.window(state)
@@ -344,7 +426,7 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
         fallback = ops.best_mask(proposal.scores, masked & reachable)
         pick = torch.where(pick.any(1, keepdim=True), pick, fallback) & empty[:, None]
         if bool((empty & ~pick.any(1)).any()):
-            raise _fail(strategy, "dllm_forward", "its logits reach no masked position of a live row")
+            raise _fail(strategy, "dllm_forward", "its logits reach no masked position of a running row")
         chosen = chosen | pick
         forced = pick.sum(1)
     values = commit.tokens if commit.tokens is not None else proposal.tokens
@@ -371,7 +453,7 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
         commit_step = commit_step.masked_fill(revoke, -1)
     same_window = plan.window_start == state.window_start
     block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
-    block_nfe = state.block_nfe.scatter_add(1, block, torch.full_like(block, forwards))
+    block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
     new = attrs.evolve(
         state, response=response, commit_step=commit_step, nfe=state.nfe + forwards, block_nfe=block_nfe,
         taken=state.taken + 1,
@@ -380,28 +462,28 @@ def _apply(strategy: Strategy, state: DecodeState, plan: Plan, proposal: Proposa
     return new, Commit(mask=chosen, tokens=values, revoke=revoke), forced
 
 
-def _truncate(strategy: Strategy, state: DecodeState, proposal: Proposal) -> DecodeState:
+def _truncate(strategy: RunPlugins, state: DecodeState, proposal: Proposal) -> DecodeState:
     cuts = [c for c in strategy.call("dllm_truncate", state=state, proposal=proposal) if c is not None]
     if not cuts:
         return state
     config = state.config
-    live = state.live_length
+    kept = state.live_length
     for cut in cuts:
-        live = torch.minimum(live, cut.to(live.dtype).clamp(min=0))
-    if bool((live == state.live_length).all()):
+        kept = torch.minimum(kept, cut.to(kept.dtype).clamp(min=0))
+    if bool((kept == state.live_length).all()):
         return state
     cols = state.columns[None, :]
-    gone = (cols >= live[:, None]) & (cols < state.live_length[:, None])
+    gone = (cols >= kept[:, None]) & (cols < state.live_length[:, None])
     return attrs.evolve(
-        state, live_length=live,
+        state, live_length=kept,
         response=state.response.masked_fill(gone, config.fill_id),
         commit_step=state.commit_step.masked_fill(gone, -1),
     )
 
 
-def _stop(strategy: Strategy, state: DecodeState, proposal: Proposal, commit: Commit) -> tuple[DecodeState, Commit]:
+def _stop(strategy: RunPlugins, state: DecodeState, proposal: Proposal, commit: Commit) -> tuple[DecodeState, Commit]:
     stop = ~state.masked.any(1)
-    asked = [s for s in strategy.call("dllm_should_stop", state=state) if s is not None]
+    asked = [s for s in strategy.call("dllm_should_stop", state=state, proposal=proposal) if s is not None]
     for s in asked:
         stop = stop | s.bool()
     early = stop & state.masked.any(1)
@@ -417,14 +499,18 @@ def _stop(strategy: Strategy, state: DecodeState, proposal: Proposal, commit: Co
     return attrs.evolve(state, finished=state.finished | stop, step=state.step + 1), commit
 
 
-def _texts(model: Any, tokens: torch.Tensor, config: DecodeConfig) -> list[str]:
+def answer_lengths(tokens: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
+    """(B,) response tokens before the first end-of-text / end-of-turn / fill token: the answer
+    tokens of docs/metrics.md (before any stop-sequence cut, which needs the text)."""
+    stops = torch.isin(tokens, torch.tensor((*config.eot_ids, config.fill_id), device=tokens.device))
+    first = torch.where(stops.any(1), stops.long().argmax(1), torch.full_like(stops[:, 0], tokens.shape[1],
+                                                                              dtype=torch.long))
+    return first
+
+
+def _texts(model: Any, tokens: torch.Tensor, config: DecodeConfig, lengths: torch.Tensor) -> list[str]:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return [""] * tokens.shape[0]
-    rows = tokens.tolist()
-    stops = set(config.eot_ids) | {config.fill_id}
-    cut = []
-    for row in rows:
-        end = next((i for i, t in enumerate(row) if t in stops), len(row))
-        cut.append(row[:end])
+    cut = [row[:end] for row, end in zip(tokens.tolist(), lengths.tolist(), strict=True)]
     return tokenizer.batch_decode(cut, skip_special_tokens=True)

@@ -50,7 +50,14 @@ def full_forward(model, state: DecodeState) -> Logits:
 
 
 class CoreDefaults:
-    """LLaDA: semi-AR blocks, one full forward, greedy x0, confidence, top-k commit."""
+    """LLaDA: semi-AR blocks, one full forward, greedy x0, confidence, top-k commit.  A
+    block-autoregressive model (``model.exact_cache``) is run through its exact cache instead
+    of a full forward (:mod:`dllm_strategies.blocks`)."""
+
+    @hookimpl(trylast=True)
+    def dllm_start(self, state: DecodeState, model) -> None:
+        factory = getattr(model, "exact_cache", None)
+        self.cache = factory(state) if factory is not None else None
 
     @hookimpl(trylast=True)
     def dllm_schedule(self, state: DecodeState) -> Plan:
@@ -58,6 +65,8 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def dllm_forward(self, model, state: DecodeState, plan: Plan) -> Logits:
+        if getattr(self, "cache", None) is not None:
+            return self.cache.logits(model, state, plan)
         return full_forward(model, state)
 
     @hookimpl(trylast=True)

@@ -1,14 +1,14 @@
 """Hook contracts of dllm-strategies.
 
 Every decoder is one loop (``dllm_strategies.decode``); strategies differ only in the
-implementations of these hooks.  One step of the loop, on the live rows::
+implementations of these hooks.  One step of the loop, on the running (unfinished) rows::
 
     plan      = dllm_schedule(state)                      # window + budget per row
     logits    = dllm_forward(model, state, plan)          # model execution
     tokens    = dllm_sample(state, logits, plan)          # candidate token per position
     scores    = dllm_score(state, logits, tokens, confidence, plan)  # ranking key
     commit    = dllm_remask(state, proposal, plan)        # which masked positions to fill
-    state     = core applies commit (>= 1 per live row, prompt untouched, revocation rules)
+    state     = core applies commit (>= 1 per running row, prompt untouched, revocation rules)
     cuts      = dllm_truncate(state, proposal)            # shrink live lengths (EoT)
     stops     = dllm_should_stop(state)                   # end rows early
     dllm_after_step(state, proposal, commit)              # observers
@@ -63,15 +63,16 @@ def dllm_start(state: DecodeState, model: DiffusionModelLike) -> None:
 # ------------------------------------------------------------------------------------------
 @hookspec(firstresult=True)
 def dllm_schedule(state: DecodeState) -> Plan | None:
-    """Decide the open window and the commit budget of each live row for this step.
+    """Decide the open window and the commit budget of each running row for this step.
 
     Stops at first non-None result.  Core default: LLaDA's semi-autoregressive blocks of
     ``config.block_length``; the window is the first block that still has a masked position;
     the budget is ``ceil(masked_in_block / steps_left_in_block)``, which reproduces LLaDA's
     linear schedule (``masked // steps`` per step, the remainder on the first steps).
 
-    :param state: the live rows.
-    :returns: a :class:`~dllm_strategies.state.Plan` with budget >= 1 per row.
+    :param state: the running rows.
+    :returns: a :class:`~dllm_strategies.state.Plan` with budget >= 1 per row (0 allowed before a
+        row's last declared step when the plugin declares ``empty_steps = True``).
     """
 
 
@@ -88,7 +89,7 @@ def dllm_forward(model: DiffusionModelLike, state: DecodeState, plan: Plan) -> L
     ``model.logits`` is counted by the core (NFE, positions); never count in a plugin.
 
     :param model: the run's model; call ``model.logits(...)`` (metered).
-    :param state: the live rows.
+    :param state: the running rows.
     :param plan: this step's plan (window per row).
     :returns: :class:`~dllm_strategies.state.Logits` (B, W, V) for columns [start, start + W).
     """
@@ -133,7 +134,7 @@ def dllm_remask(state: DecodeState, proposal: Proposal, plan: Plan) -> Commit | 
     Stops at first non-None result.  Core default: the ``plan.budget`` highest-scored masked
     positions inside the window.  A plugin may commit more than the budget or outside the
     window (e.g. a whole row at once), must commit only masked positions, and should commit
-    at least one per live row: if it commits none in a row, the core commits that row's
+    at least one per running row: if it commits none in a row, the core commits that row's
     best-scored window position and counts it in ``DecodeResult.forced``.  Only a plugin with
     ``revocable = True`` may return ``Commit.revoke`` (re-mask committed positions of the
     current window, never the prompt or an earlier block).
@@ -154,18 +155,25 @@ def dllm_truncate(state: DecodeState, proposal: Proposal) -> torch.Tensor | None
     Positions at or past the new live length are filled with ``config.fill_id`` and leave the
     model's input from the next step on (End-of-Text truncation).
 
-    :param state: the live rows after this step's commit.
+    :param state: the running rows after this step's commit.
     :param proposal: this step's candidates (e.g. positions predicting end-of-text).
     :returns: (B,) new live lengths, or None for no change.
     """
 
 
 @hookspec
-def dllm_should_stop(state: DecodeState) -> torch.Tensor | None:
+def dllm_should_stop(state: DecodeState, proposal: Proposal) -> torch.Tensor | None:
     """End rows early (collect-all; results OR-ed per row).  A row with no masked position
     always ends; a finished row never changes again.
 
-    :returns: (B,) bool, True for rows to finish now, or None.
+    Uniform process: True ends the row's open *block* (its positions take the step's estimate,
+    the argmax of the step's logits, and are decided); the row ends when no block is left.  A
+    block also ends after ``steps_per_block`` steps.  DiffusionGemma's stable-and-confident rule
+    is ``stable_stop``.
+
+    :param state: the running rows after this step's commit (and truncation).
+    :param proposal: this step's candidates and logits (what a stop rule judges).
+    :returns: (B,) bool, True for rows (uniform: blocks) to finish now, or None.
     """
 
 
@@ -176,7 +184,7 @@ def dllm_should_stop(state: DecodeState) -> torch.Tensor | None:
 def dllm_after_step(state: DecodeState, proposal: Proposal, commit: Commit) -> None:
     """Observe a finished step (collect-all; results ignored): traces, metrics, progress.
 
-    :param state: the live rows after the step (commit and truncation applied).
+    :param state: the running rows after the step (commit and truncation applied).
     :param proposal: the step's candidates.
     :param commit: what was committed, forced progress included.
     """
@@ -192,6 +200,17 @@ def dllm_models(register: Any) -> None:
     ``load_model(name)`` then loads ``path``; ``strategy`` and ``block_length`` are the decoding
     recommended for it (used by the CLI and the harness when the user gives none).
     Implement it on a module or as a ``staticmethod`` (it is called without a run).
+    """
+
+
+@hookspec
+def dllm_tasks(register: Any) -> None:
+    """Register evaluation tasks: ``register(name, task)``.
+
+    ``task`` is any object with ``test_problems() -> list``, ``validation_problems(size, seed)
+    -> list`` (problems with ``question`` and ``answer``) and ``extract_answer(text)``; the bench
+    (``dllm-strategies bench --task NAME``) and the lm-eval local tasks read problems through it,
+    never through a plugin's module.  Implement on a module or as a staticmethod.
     """
 
 

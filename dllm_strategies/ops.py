@@ -9,7 +9,10 @@ import torch
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
     """(B, N) bool: per row the ``k[row]`` highest ``scores`` among ``eligible`` positions.
 
-    Ties go to the lower index (a stable sort), so the choice never depends on the batch.
+    Ties go to the lower index (a stable sort), so the choice never depends on the batch or
+    the device.  The authors' loops pick with ``torch.topk``, whose order among exactly equal
+    values is unspecified (on CPU it is often not the lowest index, and CUDA differs): on an
+    exact tie the two can commit different positions in one step.
     """
     ranked = scores.masked_fill(~eligible, float("-inf"))
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
@@ -28,21 +31,38 @@ def _wide(logits: torch.Tensor) -> torch.Tensor:
 
 
 def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Softmax probability of ``tokens`` under ``logits`` (..., V), at least float32."""
-    wide = _wide(logits)
-    picked = wide.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return torch.exp(picked - torch.logsumexp(wide, dim=-1))
+    """Softmax probability of ``tokens`` under ``logits`` (..., V), in the logits' dtype.
+
+    Computed as the reference implementations compute it: ``softmax`` over the vocabulary,
+    then a gather (LLaDA's ``generate``; Dream's ``probs.max``).  Not ``exp(logit -
+    logsumexp)``: there ``logit - logsumexp`` is rounded at the scale of the logits, so in
+    float32 every candidate within that rounding of certain comes out as exactly 1.0, where
+    softmax keeps them apart up to 0.99999988; the ranking (and every tie-break) would then
+    differ from the authors'.  bfloat16 logits give bfloat16 confidences, as theirs do.
+    """
+    return torch.softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy ``-sum p log p`` of the softmax of ``logits`` (..., V)."""
+    """Entropy ``-sum p log p`` of the softmax of ``logits`` (..., V), at least float32
+    (stable for training: no ``log 0``)."""
     logp = torch.log_softmax(_wide(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
+def reference_entropy(logits: torch.Tensor, *, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Entropy as the reference decoders compute it: ``-sum p * log(p + eps)`` with
+    ``p = softmax(logits)`` in ``dtype`` (the logits' own by default).  dParallel's entropy
+    threshold uses float64 and ``eps=1e-12``; Dream's ``entropy`` score the logits' dtype and
+    ``eps=1e-10``.  Bit-for-bit theirs, so a threshold or a ranking decides as theirs does."""
+    p = torch.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
+    return -(p * torch.log(p + eps)).sum(-1)
+
+
 def top2_margin(logits: torch.Tensor) -> torch.Tensor:
-    """Top-1 minus top-2 softmax probability (Dream's ``topk_margin``)."""
-    top = torch.softmax(_wide(logits), dim=-1).topk(2, dim=-1).values
+    """Top-1 minus top-2 softmax probability in the logits' dtype (Dream's ``topk_margin``:
+    the softmax, then its two largest values)."""
+    top = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
     return top[..., 0] - top[..., 1]
 
 

@@ -10,7 +10,7 @@ Grammar::
 A trailing ``!`` marks the plugin that wins every exclusive hook it shares with another
 chosen plugin.  An empty spec means the core defaults (LLaDA low-confidence decoding).
 Parsing checks only syntax; plugin names and option types are checked against the
-registry by :func:`dllm_strategies.registry.resolve`.  Every problem raises
+installed plugins by :meth:`dllm_strategies.strategy.Strategy.parse`.  Every problem raises
 :class:`~dllm_strategies.errors.SpecError` with the offending position.
 """
 

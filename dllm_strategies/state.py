@@ -18,6 +18,7 @@ import attrs
 import torch
 
 from dllm_strategies.errors import ConfigError
+from dllm_strategies.noise import RandomStream
 
 _tensor = attrs.field(eq=False, repr=False)
 
@@ -41,8 +42,12 @@ class DecodeConfig:
         fill_id: token written into positions cut by truncation (end-of-text).
         eot_ids: end-of-text / end-of-turn ids (text is cut at the first of them).
         seed: seed of every random choice of the run.
-        max_steps: hard cap on steps; only a revocable plugin can reach it (default 4 x G).
+        max_steps: hard cap on steps; only a revocable plugin can reach it (default 4 x G, and
+            at least ``steps`` under the uniform process).
         trace: record every step's tokens in the result.
+        process: ``absorbing`` (masked diffusion: a commit is final) or ``uniform`` (undecided
+            positions hold tokens re-decided every step until their block ends); see
+            :mod:`dllm_strategies.uniform`.  The model says which (``model.process``).
     """
 
     gen_length: int = 64
@@ -54,29 +59,26 @@ class DecodeConfig:
     seed: int = attrs.field(default=0, kw_only=True)
     max_steps: int | None = attrs.field(default=None, kw_only=True)
     trace: bool = attrs.field(default=False, kw_only=True)
+    process: str = attrs.field(default="absorbing", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        _positive("gen_length", self.gen_length)
-        _positive("block_length", self.block_length)
-        if self.gen_length % self.block_length:
-            raise ConfigError(
-                f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}; "
-                f"use a block_length that divides it (e.g. {_divisor_near(self.gen_length, self.block_length)})"
-            )
+        if self.process not in ("absorbing", "uniform"):
+            raise ConfigError(f"process must be 'absorbing' or 'uniform', got {self.process!r}")
+        check_lengths(self.gen_length, self.block_length, self.steps)
         if self.steps is None:
             object.__setattr__(self, "steps", self.gen_length)
-        _positive("steps", self.steps)
-        if self.steps % self.num_blocks:
-            raise ConfigError(
-                f"steps={self.steps} is not divisible by the number of blocks "
-                f"{self.num_blocks} (= gen_length {self.gen_length} / block_length {self.block_length}); "
-                f"use a multiple of {self.num_blocks}, e.g. {self.num_blocks * max(1, round(self.steps / self.num_blocks))}"
-            )
         if self.max_steps is None:
-            object.__setattr__(self, "max_steps", 4 * self.gen_length)
+            bound = 4 * self.gen_length
+            object.__setattr__(self, "max_steps", max(bound, self.steps) if self.process == "uniform" else bound)
         _positive("max_steps", self.max_steps)
         if self.mask_id < 0:
             raise ConfigError("mask_id is missing: the model or tokenizer must define a mask token")
+
+    @classmethod
+    def for_model(cls, model: Any, **settings: Any) -> DecodeConfig:
+        """The config of a run of ``model``: its mask, fill and end-of-text ids, plus ``settings``
+        (``gen_length``, ``block_length``, ``steps``, ``seed``...)."""
+        return cls(mask_id=model.mask_id, fill_id=model.fill_id, eot_ids=tuple(model.eot_ids), **settings)
 
     @property
     def num_blocks(self) -> int:
@@ -87,6 +89,30 @@ class DecodeConfig:
         return self.steps // self.num_blocks
 
 
+def check_lengths(gen_length: int, block_length: int | None = None, steps: int | None = None) -> None:
+    """Raise :class:`ConfigError` naming the fix unless ``gen_length``, ``block_length`` (None: one
+    block of ``gen_length``) and ``steps`` (None: ``gen_length``) make a valid run: what
+    :class:`DecodeConfig` checks, for commands that check their lengths before loading a model.
+    0 is an error, never "the default"."""
+    _positive("gen_length", gen_length)
+    block_length = gen_length if block_length is None else block_length
+    _positive("block_length", block_length)
+    if gen_length % block_length:
+        raise ConfigError(
+            f"gen_length={gen_length} is not a multiple of block_length={block_length}; "
+            f"use a block_length that divides it (e.g. {_divisor_near(gen_length, block_length)})"
+        )
+    steps = gen_length if steps is None else steps
+    _positive("steps", steps)
+    blocks = gen_length // block_length
+    if steps % blocks:
+        raise ConfigError(
+            f"steps={steps} is not divisible by the number of blocks "
+            f"{blocks} (= gen_length {gen_length} / block_length {block_length}); "
+            f"use a multiple of {blocks}, e.g. {blocks * max(1, round(steps / blocks))}"
+        )
+
+
 def _divisor_near(n: int, k: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - k), d))
@@ -94,7 +120,7 @@ def _divisor_near(n: int, k: int) -> int:
 
 @attrs.frozen
 class DecodeState:
-    """Where one run stands.  Rows are the live rows of this step (``rows`` are their
+    """Where one run stands.  Rows are the running (unfinished) rows of this step (``rows`` are their
     indices in the whole batch, for plugins that keep per-row state of their own).
 
     Attributes:
@@ -115,6 +141,9 @@ class DecodeState:
         rows: (B,) indices of these rows in the whole batch.
         reference: (B, G) reference response for oracles, or None.
         extras: free per-run values the caller passes to plugins (read-only mapping).
+        rng: the run's random stream (:class:`~dllm_strategies.noise.RandomStream`, seeded with
+            ``config.seed``, drawn for the whole batch): the uniform process's noise and the
+            plugins that must interleave with it (``multinomial``, ``renoise``) draw from it.
     """
 
     config: DecodeConfig
@@ -133,6 +162,7 @@ class DecodeState:
     step: int = 0
     reference: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
     extras: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    rng: RandomStream | None = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
     def start(cls, prompt: torch.Tensor, prompt_mask: torch.Tensor, config: DecodeConfig,
@@ -151,6 +181,7 @@ class DecodeState:
             taken=zeros, window_start=torch.full((B,), -1, dtype=torch.long, device=device),
             window_steps=zeros, commit_step=torch.full((B, G), -1, dtype=torch.long, device=device),
             rows=torch.arange(B, device=device), step=0, reference=reference, extras=dict(extras or {}),
+            rng=RandomStream.seeded(config.seed, B, device),
         )
 
     # ---- derived views -------------------------------------------------------------------
@@ -174,7 +205,11 @@ class DecodeState:
 
     @cached_property
     def masked(self) -> torch.Tensor:
-        """(B, G) bool: positions still to decide."""
+        """(B, G) bool: positions still to decide: the mask token (absorbing process), or any
+        live position whose block has not ended (uniform process: it holds noise or a token
+        accepted for now)."""
+        if self.config.process == "uniform":
+            return self.live & (self.commit_step < 0)
         return self.response == self.config.mask_id
 
     def steps_in_window(self, window_start: torch.Tensor) -> torch.Tensor:
@@ -214,7 +249,8 @@ class Plan:
     Attributes:
         window_start / window_end: (B,) response columns [start, end) of the open window
             (the current block).
-        budget: (B,) how many positions the schedule asks to commit (>= 1).
+        budget: (B,) how many positions the schedule asks to commit (>= 1; 0 only from a
+            schedule declaring ``empty_steps``, before the row's last declared step).
     """
 
     window_start: torch.Tensor = _tensor
@@ -230,23 +266,39 @@ class Plan:
 
 @attrs.frozen
 class Logits:
-    """Model output for response columns [start, start + W): ``values`` (B, W, V)."""
+    """Model output for response columns [start, start + W): ``values`` (B, W, V).
+
+    ``cover`` (B, W) bool, when given, says which of those entries a row really has: a forward
+    that computes different columns for different rows (a KV cache whose rows are in different
+    blocks) marks the others absent, so every row sees exactly the columns it would see decoded
+    alone.  None: every row has every column."""
 
     values: torch.Tensor = _tensor
     start: int = 0
+    cover: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def stop(self) -> int:
         return self.start + self.values.shape[1]
 
     def span(self, gen_length: int, device: torch.device) -> torch.Tensor:
-        """(G,) bool: response columns these logits cover."""
+        """(G,) bool: response columns these logits cover (for some row; see :meth:`reach`)."""
         cols = torch.arange(gen_length, device=device)
         return (cols >= self.start) & (cols < self.stop)
 
+    def reach(self, gen_length: int, device: torch.device) -> torch.Tensor:
+        """(B, G) bool: the response columns each row's logits cover."""
+        span = self.span(gen_length, device)[None, :].expand(self.values.shape[0], -1)
+        if self.cover is None:
+            return span
+        return self.widen(self.cover, False, gen_length)
+
     def widen(self, values: torch.Tensor, fill: float | int, gen_length: int) -> torch.Tensor:
         """Place per-position ``values`` (B, W, ...) into a (B, G, ...) tensor filled with ``fill``
-        (``values`` itself when the logits already span the whole response)."""
+        where the logits do not reach (``values`` itself when they reach the whole response)."""
+        if self.cover is not None:
+            cover = self.cover.reshape(*self.cover.shape, *([1] * (values.dim() - 2)))
+            values = torch.where(cover, values, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
         if self.start == 0 and values.shape[1] == gen_length:
             return values
         out = values.new_full((values.shape[0], gen_length, *values.shape[2:]), fill)
@@ -294,6 +346,8 @@ class DecodeResult:
     Attributes:
         tokens: (B, G) response ids (cut positions hold the fill token).
         text: decoded text per row, cut at the first end-of-text/end-of-turn token.
+        answer_length: (B,) response tokens before that token (docs/metrics.md's answer tokens,
+            before any stop-sequence cut).
         steps: (B,) steps each row took.
         nfe: (B,) forward passes each row took part in.
         block_nfe: (B, num_blocks) the part of ``nfe`` spent while each block of
@@ -301,6 +355,9 @@ class DecodeResult:
             docs/metrics.md is read from it).
         forwards: model calls in the whole run (a batch forward counts once).
         positions: token positions the model processed in the whole run (cost of the calls).
+        encoder_forwards: encoder passes in the whole run, counted apart from ``forwards`` and NFE:
+            a block-autoregressive model's passes that write finished blocks into its exact
+            cache (DiffusionGemma's encoder, a block-causal model's cache writes).
         commit_step: (B, G) the step each position got its final token (-1: filled by a cut).
         forced: (B,) commits the core had to add because the strategy committed nothing.
         wall_time: seconds.
@@ -309,11 +366,13 @@ class DecodeResult:
 
     tokens: torch.Tensor = _tensor
     text: list[str] = attrs.field(factory=list)
+    answer_length: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
     steps: torch.Tensor = _tensor
     nfe: torch.Tensor = _tensor
     block_nfe: torch.Tensor = _tensor
     forwards: int = 0
     positions: int = 0
+    encoder_forwards: int = 0
     commit_step: torch.Tensor = _tensor
     forced: torch.Tensor = _tensor
     wall_time: float = 0.0

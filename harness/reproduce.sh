@@ -4,7 +4,7 @@
 #   bash harness/reproduce.sh model      # train the default model, two stages (resumable), ship it
 #   bash harness/reproduce.sh filter     # Learn2PD filter of the default model
 #   bash harness/reproduce.sh distill    # dParallel distillation of the default model
-#   bash harness/reproduce.sh bench      # the default matrix, issue 3's table, the gen-256 runs of every method
+#   bash harness/reproduce.sh bench      # the default matrix, the default model's table, the gen-256 runs of every method
 #   bash harness/reproduce.sh all
 #
 # Every step resumes where it stopped when run again (training checkpoints, bench journals).
@@ -25,7 +25,7 @@ model() {
     "$DLLM" train --output "$RUNS/default-crop" --init-from "$RUNS/default" --steps 1500 \
         --lr 3e-4 --gen-length-weights 0.5,0.5 --eot-crop 0.5 --threads "$THREADS" \
         --eval-every 500 --save-every 100 --eval-problems 128
-    find "$RUNS/default-crop" -maxdepth 1 -type f -exec cp {} dllm_strategies/assets/default/ \;
+    find "$RUNS/default-crop" -maxdepth 1 -type f -exec cp {} plugins/dllm_arith/assets/default/ \;
 }
 
 filter() {

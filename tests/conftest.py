@@ -3,6 +3,9 @@ import os
 import pytest
 import torch
 
+from dllm_arith.tokenizer import build_tokenizer
+from dllm_strategies.models.tiny import tiny_model
+
 # Only this project's own plugins load in the suite, whatever else is installed.
 os.environ.setdefault("DLLM_STRATEGIES_PLUGINS", "dllm-strategies")
 # Nothing is ever downloaded in the suite.
@@ -11,18 +14,20 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    """A random bidirectional Llama in float64 (exact comparisons), with the task tokenizer."""
-    from dllm_strategies.models.tiny import tiny_model
-
-    return tiny_model(hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=1)
+def arith_tokenizer():
+    """The synthetic task's word-level tokenizer, so tiny models read the task's prompts."""
+    return build_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def tiny32():
-    from dllm_strategies.models.tiny import tiny_model
+def tiny(arith_tokenizer):
+    """A random bidirectional Llama in float64 (exact comparisons), with the task tokenizer."""
+    return tiny_model(hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=1, tokenizer=arith_tokenizer)
 
-    return tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=2)
+
+@pytest.fixture(scope="session")
+def tiny32(arith_tokenizer):
+    return tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=2, tokenizer=arith_tokenizer)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from dllm_strategies.arith import task
-from dllm_strategies.arith.tokenizer import build_tokenizer, prompt_text, response_text
-from dllm_strategies.training import sft
+from dllm_arith import task
+from dllm_arith.tokenizer import build_tokenizer, prompt_text, response_text
+from dllm_arith import sft
 
 
 def test_generator_is_deterministic_and_well_formed():
@@ -151,7 +151,7 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
 def _micro_run(tmp_path, steps, name):
     from transformers import LlamaForCausalLM
 
-    from dllm_strategies.arith.recipe import ModelShape, encode, model_config
+    from dllm_arith.recipe import ModelShape, encode, model_config
 
     tok = build_tokenizer()
     problems = [p.to_dict() for p in task.generate(64, seed=0)]

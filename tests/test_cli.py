@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from dllm_arith.tokenizer import build_tokenizer
 from dllm_strategies.cli import main
 
 BASELINES = {"low_confidence", "random", "margin", "entropy", "gumbel", "threshold", "entropy_threshold", "topk"}
@@ -28,7 +29,7 @@ def test_plugins_json_lists_baselines_with_distribution_options_hooks(capsys):
 def checkpoint(tmp_path_factory):
     from dllm_strategies.models.tiny import tiny_model
 
-    model = tiny_model(hidden_size=16, num_layers=1, num_heads=2)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2)
     path = tmp_path_factory.mktemp("tiny")
     model.module.save_pretrained(path)
     model.tokenizer.save_pretrained(path)
@@ -62,7 +63,7 @@ def test_train_command_smoke_and_export_of_an_unfinished_run(tmp_path, capsys):
     import torch
 
     from dllm_strategies import decode, load_model
-    from dllm_strategies.training import sft
+    from dllm_arith import sft
 
     out = tmp_path / "run"
     assert main(["train", "--output", str(out), "--steps", "2", *MICRO]) == 0

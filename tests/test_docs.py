@@ -4,7 +4,7 @@ import inspect
 from pathlib import Path
 
 from dllm_strategies import hookspecs
-from dllm_strategies.registry import hook_names
+from dllm_strategies.strategy import hook_names
 
 DOCS = Path(__file__).parent.parent / "docs"
 

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from dllm_arith.tokenizer import build_tokenizer
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dllm_strategies import decode
-from dllm_strategies.arith import task
-from dllm_strategies.arith.task import extract_answer
-from dllm_strategies.arith.tokenizer import prompt_text
+from dllm_arith import task
+from dllm_arith.task import extract_answer
+from dllm_arith.tokenizer import prompt_text
 from dllm_strategies.errors import ConfigError, SpecError
 from dllm_strategies.testing import FakeModel
 from dllm_harness import likelihood, local_tasks, matrix, metrics
@@ -34,7 +36,7 @@ def checkpoint(tmp_path_factory):
     from dllm_strategies.models.tiny import tiny_model
 
     path = tmp_path_factory.mktemp("tiny-ckpt")
-    model = tiny_model(hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=1)
     model.module.save_pretrained(path)
     model.tokenizer.save_pretrained(path)
     return path
@@ -281,7 +283,7 @@ def test_simple_evaluate_scores_equal_decoding_the_same_prompts_directly(rendere
     shipped ``default`` model when it exists, else the tiny random model (float64)."""
     from lm_eval import simple_evaluate
 
-    from dllm_strategies.builtin import DEFAULT_MODEL_DIR
+    from dllm_arith.plugin import DEFAULT_MODEL_DIR
 
     if (DEFAULT_MODEL_DIR / "config.json").is_file():
         from dllm_strategies import load_model
@@ -546,7 +548,7 @@ def test_bench_on_the_validation_split_names_it_and_never_touches_the_test_set()
     assert len(problems) == 20 and where.startswith("first 20 of the validation split")
     assert not {p.question for p in problems} & {p.question for p in task.test_problems()}
     test, where = _problems("test", 0)
-    assert test == task.test_problems() and where == "first 500 of dllm_strategies/arith/data/test.jsonl"
+    assert test == task.test_problems() and where == "first 500 of the test split of task 'arith' (test.jsonl)"
 
 
 def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):
@@ -560,7 +562,7 @@ def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "harness" / "matrices").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_matrices_resolve_against_the_installed_plugins_and_models(path):
-    from dllm_strategies.registry import installed_models
+    from dllm_strategies.discovery import installed_models
 
     entries = matrix.read_matrix(path, model="default")
     assert entries, f"{path.name} holds no entries"

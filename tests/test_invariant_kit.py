@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from dllm_strategies import SpecError, build_strategy
-from dllm_strategies.registry import strategy_plugins
+from dllm_strategies.discovery import strategy_plugins
 from dllm_strategies.testing import InvariantViolation, check_strategy_property, decoder_machine
 
 FIRST_PARTY = sorted(name for name, (info, _) in strategy_plugins().items() if info.distribution == "dllm-strategies")
@@ -32,23 +32,12 @@ SINGLES = [name for name in FIRST_PARTY if _strategy(_spec([name])) is not None]
 PAIRS = [_spec(pair) for pair in itertools.combinations(FIRST_PARTY, 2) if _strategy(_spec(pair)) is not None]
 
 
-@pytest.fixture(scope="module")
-def real_model():
-    from dllm_strategies.models.tiny import tiny_model
-
-    return tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=3)
-
-
-def _kit(spec: str | None, real_model, max_examples: int) -> None:
-    """The kit with what the spec's plugins declare they need: a real model (caches), one
-    block length (a learned filter's width), a reference (an oracle)."""
+def _kit(spec: str | None, max_examples: int) -> None:
+    """The kit reads what the spec's plugins declare (a real model for a cache, one block length
+    for a learned filter); only an oracle's given reference is the caller's to say."""
     plugins = _strategy(spec).plugins.values() if spec else []
-    real = any(getattr(p, "supports_fake_models", True) is False for p in plugins)
-    widths = [set(p.block_lengths) for p in plugins if getattr(p, "block_lengths", None)]
-    blocks = tuple(sorted(set.intersection(*widths))) if widths else (2, 4, 8)
     references = any(getattr(getattr(p, "options", None), "reference", None) == "given" for p in plugins)
-    check_strategy_property(spec, model=real_model if real else None, block_lengths=blocks,
-                            references=references, max_examples=max_examples)
+    check_strategy_property(spec, references=references, max_examples=max_examples)
 
 
 def test_pairs_come_from_the_registry():
@@ -59,13 +48,13 @@ def test_pairs_come_from_the_registry():
 
 
 @pytest.mark.parametrize("spec", [None, *SINGLES])
-def test_every_first_party_plugin_keeps_the_promises(spec, real_model):
-    _kit(KIT_SPECS.get(spec, spec), real_model, max_examples=8)
+def test_every_first_party_plugin_keeps_the_promises(spec):
+    _kit(KIT_SPECS.get(spec, spec), max_examples=8)
 
 
 @pytest.mark.parametrize("spec", PAIRS)
-def test_every_valid_pair_keeps_the_promises(spec, real_model):
-    _kit(spec, real_model, max_examples=3)
+def test_every_valid_pair_keeps_the_promises(spec):
+    _kit(spec, max_examples=3)
 
 
 TestDefaultMachine = decoder_machine(None).TestCase
@@ -76,6 +65,7 @@ for _case in (TestDefaultMachine, TestThresholdMachine):
 
 SOURCE = '''
 import torch
+
 import dllm_strategies
 from dllm_strategies import hookimpl, ops
 

@@ -9,6 +9,8 @@ import types
 import attrs
 import pytest
 import torch
+
+from dllm_arith.tokenizer import build_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,12 +20,14 @@ from dllm_strategies.defaults import full_forward, semi_ar_plan
 from dllm_strategies.errors import ModelError, PluginError, SpecError
 from dllm_strategies.models.adapter import DiffusionModel
 from dllm_strategies.models.families import DREAM, MASKED_LM
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeState
 from dllm_strategies.testing import FakeModel, ScriptedLogits, check_strategy
 from dllm_strategies.testing.invariants import check_step
 
 CACHES = ["prefix_cache", "dual_cache"]
+# transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name goes in 5.40)
+pytestmark = pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")
 PROMPTS = [[5, 6, 7, 8, 9, 40, 41], [10, 11, 12], [20, 21, 22, 23, 60]]  # different lengths: left padding
 
 
@@ -47,14 +51,14 @@ def _lively(model: DiffusionModel, std: float = 0.3, seed: int = 0) -> Diffusion
 def lively():
     from dllm_strategies.models.tiny import tiny_model
 
-    return _lively(tiny_model(hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=3))
+    return _lively(tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=3))
 
 
 @pytest.fixture(scope="module")
 def eager():
     from dllm_strategies.models.tiny import tiny_model
 
-    model = _lively(tiny_model(hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=4), seed=1)
+    model = _lively(tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, dtype=torch.float64, seed=4), seed=1)
     model.module.set_attn_implementation("eager")
     return model
 
@@ -85,8 +89,9 @@ class Recorder:
     def logits(self, input_ids, attention_mask=None, **kwargs):
         from dllm_kv_cache.fresh_span import FreshSpanCache
 
+        assert "past_key_values" not in kwargs  # deprecated in transformers 5.24 (removed in 5.40): `cache`
         self.calls.append({"rows": input_ids.shape[0], "width": input_ids.shape[1],
-                           "reads_cache": isinstance(kwargs.get("past_key_values"), FreshSpanCache),
+                           "reads_cache": isinstance(kwargs.get("cache"), FreshSpanCache),
                            "mask_dim": None if attention_mask is None else attention_mask.dim()})
         return self.model.logits(input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -101,12 +106,17 @@ def _start(model, prompts, *, gen_length=32, block_length=8, steps=None) -> Deco
     return DecodeState.start(ids, mask, config)
 
 
-def _live_close(cached, reference, state) -> None:
-    """Cached logits equal the reference's on every live response column they cover."""
-    cols = slice(cached.start, cached.stop)
-    live = state.live[:, cols]
+def _live_close(cached, reference, state, rows=None) -> None:
+    """Cached logits equal the reference's (a full forward's, from column 0) on every live response
+    column each row has (of ``rows``, a (B,) bool, when given)."""
+    G = state.config.gen_length
+    have = cached.reach(G, state.device) & state.live
+    if rows is not None:
+        have = have & rows[:, None]
     assert cached.values.shape[1] == cached.stop - cached.start
-    torch.testing.assert_close(cached.values[live], reference[:, cols][live], rtol=0, atol=1e-9)
+    full = reference.new_zeros(reference.shape[0], G, reference.shape[2])
+    full[:, :reference.shape[1]] = reference
+    torch.testing.assert_close(cached.widen(cached.values, 0.0, G)[have], full[have], rtol=0, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,60 +271,79 @@ def test_cache_follows_rows_that_leave_the_batch(lively, cache):
 @attrs.define
 class Drive:
     result: object
-    refreshes: int = 0
-    reuses: int = 0
+    refreshes: int = 0  # refresh forwards
+    reuses: int = 0  # reuse forwards
+    row_refreshes: int = 0  # rows refreshed, over all refresh forwards
+    mixed_steps: int = 0  # steps with both forwards: some rows refreshed, the others kept their cache
     split_steps: int = 0  # steps whose rows were in different blocks
-    followed: int = 0  # reuse steps after rows left the batch
+    followed: int = 0  # reuse forwards after rows left the batch
     truncations: int = 0  # steps after which a live length shrank
     reuse_positions: list = attrs.field(factory=list)
 
 
 def drive(spec, model, prompts, *, gen_length=32, block_length=8, steps=None) -> Drive:
-    """Decode step by step, checking every step: the invariant kit's per-step promises; a refresh
-    (a full forward over the whole live width, whose logits equal the uncached forward's) exactly
-    when there is no cache yet, a row's window moved or a live length shrank; otherwise a reuse
-    forward over fewer positions."""
+    """Decode step by step, checking every step: the invariant kit's per-step promises; per row, a
+    refresh (a full forward over its live width, whose logits equal the uncached forward's)
+    exactly when the row has no cache yet, its window moved or its live length shrank, otherwise a
+    reuse forward over fewer positions; the rows of each kind share one forward, each row is
+    charged one forward per step, and each row's logits cover exactly its own columns."""
     strategy = build_strategy(spec)
     cache = "dual_cache" if "dual_cache" in strategy.plugins else "prefix_cache"
+    shift = int(model.family.shifted)
     recorder = Recorder(model)
     state = _start(recorder, prompts, gen_length=gen_length, block_length=block_length, steps=steps)
     prompt = state.prompt.clone()
     run = Run.begin(strategy, recorder, state)
     out = Drive(result=None)
-    built: dict | None = None
+    built: dict[int, tuple] = {}  # batch row -> (live length, window start, window end) its cache was built for
+    cached_rows = len(prompts)
     while not run.done:
         calls, positions = len(recorder.calls), run.metered.positions
         record = run.step()
         before, plan = record.before, record.plan
         check_step(strategy, record, prompt)
-        assert len(recorder.calls) == calls + 1
-        call = recorder.calls[-1]
-        rows = before.rows.tolist()
-        stale = built is None or any(
-            built["live"][r] != before.live_length[i] or built["start"][r] != plan.window_start[i]
-            or (cache == "dual_cache" and built["end"][r] != plan.window_end[i]) for i, r in enumerate(rows))
+        rows, G = before.rows.tolist(), gen_length
+        live, start = before.live_length, plan.window_start
+        end = torch.minimum(plan.window_end, live) if cache == "dual_cache" else live
+        ends = plan.window_end.tolist() if cache == "dual_cache" else [None] * len(rows)  # the prefix cache feeds past it
+        now = list(zip(live.tolist(), start.tolist(), ends))
+        stale = torch.tensor([built.get(r) != now[i] for i, r in enumerate(rows)])
+        new = recorder.calls[calls:]
+        assert [c["reads_cache"] for c in new] == [False] * bool(stale.any()) + [True] * bool((~stale).any()), \
+            f"step {before.step}: refresh rows {stale.tolist()}"
+        assert torch.equal(record.after.nfe - before.nfe, torch.ones_like(before.nfe))  # one forward per row
         cost = run.metered.positions - positions
-        out.split_steps += int(plan.window_start.unique().numel() > 1)
-        out.truncations += int(bool((record.after.live_length < before.live_length).any()))
-        if stale:
-            assert not call["reads_cache"], f"step {before.step}: expected a refresh"
-            assert cost == int(before.prompt_mask.sum() + before.live_length.sum())  # the full live width
-            _live_close(record.proposal.logits, full_forward(model, before).values, before)
-            built = {"live": dict(zip(rows, before.live_length.tolist())),
-                     "start": dict(zip(rows, plan.window_start.tolist())),
-                     "end": dict(zip(rows, plan.window_end.tolist())), "rows": len(rows)}
+        out.split_steps += int(start.unique().numel() > 1)
+        out.truncations += int(bool((record.after.live_length < live).any()))
+        out.mixed_steps += int(len(new) == 2)
+        # each row has exactly its own columns: its live response when refreshed, else its window
+        # up to its fresh stop (the live length, or the window end for the dual cache)
+        cols = torch.arange(G)[None, :]
+        own = torch.where(stale[:, None], cols < live[:, None], (cols >= start[:, None]) & (cols < end[:, None]))
+        logits = record.proposal.logits
+        assert torch.equal(logits.reach(G, before.device), own)
+        if bool(stale.any()):
+            call = new[0]
+            assert call["rows"] == int(stale.sum())
+            refresh_cost = int(before.prompt_mask[stale].sum() + live[stale].sum())  # their full live width
+            cost -= refresh_cost
+            _live_close(logits, full_forward(model, before).values, before, rows=stale)
+            built.update({r: now[i] for i, r in enumerate(rows) if stale[i]})
             out.refreshes += 1
-        else:
-            assert call["reads_cache"], f"step {before.step}: expected a reuse"
-            assert call["mask_dim"] == 4 and cost == len(rows) * call["width"]
+            out.row_refreshes += int(stale.sum())
+        if bool((~stale).any()):
+            call, fresh = new[-1], ~stale
+            assert call["mask_dim"] == 4 and call["rows"] == int(fresh.sum()) and cost == call["rows"] * call["width"]
+            assert call["width"] == int(end[fresh].max() - start[fresh].min()) + shift  # the union of their spans
             # fewer positions than a full forward computes for these rows; and, while no row is cut
             # short, fewer than the core counts for one (its 2-D count leaves padding out)
-            assert cost < len(rows) * (before.prompt.shape[1] + int(before.live_length.max()))
-            if bool((before.live_length == gen_length).all()):
-                assert cost < int(before.prompt_mask.sum() + before.live_length.sum())
+            assert cost < call["rows"] * (before.prompt.shape[1] + int(live.max()))
+            if bool((live == gen_length).all()):
+                assert cost < int(before.prompt_mask[fresh].sum() + live[fresh].sum())
             out.reuses += 1
-            out.followed += int(len(rows) < built["rows"])
+            out.followed += int(len(rows) < cached_rows)
             out.reuse_positions.append(call["width"])
+        cached_rows = len(rows)
     out.result = run.result()
     assert not bool((out.result.tokens == model.mask_id).any())
     assert out.result.forwards == len(recorder.calls) == out.refreshes + out.reuses
@@ -327,8 +356,9 @@ def test_refresh_at_every_block_boundary_composed_with_remasking_rules(lively, c
     spec = f"{rule}+{cache}" if rule else cache
     out = drive(spec, lively, PROMPTS)
     assert out.reuses > out.refreshes >= 4  # at least one refresh per block of 8 in 32
+    assert out.row_refreshes >= 4 * len(PROMPTS)  # every row refreshes at each of its blocks
     if rule.startswith("threshold"):  # rows drift apart: different blocks, different finishing steps
-        assert out.split_steps > 0 and out.followed > 0
+        assert out.split_steps > 0 and out.followed > 0 and out.mixed_steps > 0
         assert len(set(out.result.steps.tolist())) > 1
 
 
@@ -342,7 +372,7 @@ def test_eot_truncation_invalidates_the_cache(lively, cache):
 TRUNCATOR = '''
 import torch
 from dllm_strategies import hookimpl
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 
 
 class CutOnce(Plugin):

@@ -8,18 +8,22 @@ import json
 import attrs
 import pytest
 import torch
+
+from dllm_arith.tokenizer import build_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dllm_strategies import ConfigError, ModelError, PluginError, SpecError, build_strategy, decode
+from dllm_strategies import (
+    Commit, ConfigError, ModelError, Plugin, PluginError, SpecError, build_strategy, decode, hookimpl, ops,
+)
 from dllm_strategies.decode import Run, encode_prompts
 from dllm_strategies.state import DecodeConfig, DecodeState, Logits, Plan, Proposal
 from dllm_strategies.testing import FakeModel, ScriptedLogits, check_strategy, check_strategy_property
 from dllm_strategies.testing.invariants import check_result, check_step, decode_shapes, fake_models
 
-from dllm_learn2pd import filter_model
+from dllm_learn2pd import FilterCommit, filter_model, training
 from dllm_learn2pd.eot import eot_cut
-from dllm_learn2pd.features import SETTLED, block_confidences, place_block, top1_confidence
+from dllm_learn2pd.features import SETTLED, ZERO, block_confidences, place_block, top1_confidence
 from dllm_learn2pd.filter_model import FilterMLP, load_filter, save_filter
 from dllm_learn2pd.reference import REFERENCES
 from dllm_learn2pd.training import FilterTraining, OracleSteps, collect, fit
@@ -57,6 +61,21 @@ def constant_model(predictions: torch.Tensor, prompt_length: int, vocab: int = 1
         out = torch.zeros(B, T, vocab, dtype=torch.float64)
         return out.scatter(2, predictions[columns][None, :, None].expand(B, T, 1),
                            torch.full((B, T, 1), strength, dtype=torch.float64))
+
+    return FakeModel(logits_fn=logits, vocab_size=vocab, mask_id=MASK, eot_ids=(EOT,), fill_id=EOT)
+
+
+def column_model(tokens: list[int], strengths: list[float], prompt_length: int, vocab: int = 12) -> FakeModel:
+    """Predicts ``tokens[column]`` with logit ``strengths[column]`` (0 elsewhere) at every response
+    column whatever the input: confidence ``e^s / (e^s + vocab - 1)``."""
+    token, strength = torch.tensor(tokens), torch.tensor(strengths, dtype=torch.float64)
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        B, T = ids.shape
+        columns = (torch.arange(T) - prompt_length).clamp(0, token.numel() - 1)
+        out = torch.zeros(B, T, vocab, dtype=torch.float64)
+        return out.scatter(2, token[columns][None, :, None].expand(B, T, 1),
+                           strength[columns][None, :, None].expand(B, T, 1).clone())
 
     return FakeModel(logits_fn=logits, vocab_size=vocab, mask_id=MASK, eot_ids=(EOT,), fill_id=EOT)
 
@@ -123,21 +142,54 @@ def test_oracle_commits_every_match_and_nothing_else_on_a_chain():
     assert result.steps.tolist() == [8] and result.forced.tolist() == [0]
 
 
-def test_oracle_copies_the_reference_when_the_block_stalls():
+def test_oracle_copies_the_reference_when_the_block_argmax_repeats():
     predictions = torch.tensor([6, 7, 8, 9, 6, 7, 8, 9])
     reference = torch.tensor([[6, 3, 8, 3, 2, 2, 2, 2]])  # block 0: 2 matches; block 1: none
     model = constant_model(predictions, prompt_length=2)
     _, records, result, _, _ = stepped("egp_oracle(reference=given)", fresh(model), [[3, 4]], gen_length=8,
-                                    block_length=4, reference=reference)
+                                       block_length=4, reference=reference)
     assert torch.equal(result.tokens, reference)
     # Step 0 commits the two matches.  Step 1's block argmax is identical to step 0's: the
-    # authors' stall, so the reference is copied (it matches nothing, which is how it is seen).
-    # Block 1 matches nothing at its first step: the authors' loop would spend one more forward to
-    # see the same argmax, the oracle copies at once.
+    # authors' stall, so the reference is copied at that step.  Block 1 matches nothing at its
+    # first step, which is no stall (no previous argmax in the block): the authors' loop commits
+    # nothing there and copies at the next forward, which repeats it; here that step commits its
+    # best-scored position (every column is equally sure: the first) and the next one copies.
+    assert result.commit_step.tolist() == [[0, 1, 0, 1, 2, 3, 3, 3]]
+    assert result.steps.tolist() == [4] and result.forwards == 4 and result.forced.tolist() == [0]
+    copied = [int((r.commit.mask & (r.proposal.tokens != reference)).sum()) for r in records]
+    assert copied == [0, 2, 1, 3]
+    # Matches and copies are the oracle's accepted positions; the progress position is not.
+    assert [int(r.commit.mask.sum()) for r in records] == [2, 2, 1, 3]
+
+
+def test_oracle_no_match_stall_copies_at_the_first_step_that_matches_nothing():
+    predictions = torch.tensor([6, 7, 8, 9, 6, 7, 8, 9])
+    reference = torch.tensor([[6, 3, 8, 3, 2, 2, 2, 2]])
+    model = constant_model(predictions, prompt_length=2)
+    _, records, result, _, _ = stepped("egp_oracle(reference=given,stall=no_match)", fresh(model), [[3, 4]],
+                                       gen_length=8, block_length=4, reference=reference)
+    assert torch.equal(result.tokens, reference)
+    # The rule before the authors' one: block 1 is copied at its first step, one forward sooner.
     assert result.commit_step.tolist() == [[0, 1, 0, 1, 2, 2, 2, 2]]
     assert result.steps.tolist() == [3] and result.forwards == 3 and result.forced.tolist() == [0]
-    copied = [int((r.commit.mask & (r.proposal.tokens != reference)).sum()) for r in records]
-    assert copied == [0, 2, 4]
+    assert [int((r.commit.mask & (r.proposal.tokens != reference)).sum()) for r in records] == [0, 2, 4]
+
+
+@pytest.mark.parametrize(("stall", "commit_step"), [("argmax", [0, 1, 2, 3]), ("no_match", [0, 1, 2, 2])])
+def test_oracle_stall_rules_differ_when_the_argmax_moves_without_a_match(stall, commit_step):
+    # The chain model predicts 6, 7 at columns 0, 1 (the reference) and then 8 at column 2 where
+    # the reference has 3: step 2 matches nothing although its argmax moved (8 replaced a filler).
+    # The authors' loop commits nothing there and copies at step 3, whose forward repeats step 2's
+    # (same input, same argmax); no_match copies at step 2.
+    model = chain_model(prompt_length=1)
+    reference = torch.tensor([[6, 7, 3, 3]])
+    _, records, result, _, _ = stepped(f"egp_oracle(reference=given,stall={stall})", fresh(model), [[3]],
+                                       gen_length=4, block_length=4, reference=reference)
+    assert torch.equal(result.tokens, reference) and result.forced.tolist() == [0]
+    assert result.commit_step.tolist() == [commit_step]
+    if stall == "argmax":
+        # Step 2 commits only its best-scored position (column 2, confidence 0.97 against 0.2).
+        assert records[2].commit.mask.tolist() == [[False, False, True, False]]
 
 
 def test_oracle_does_not_stall_while_it_finds_matches():
@@ -159,12 +211,13 @@ def _oracle_case(draw):
 
 
 @QUICK
-@given(model=fake_models(), case=_oracle_case(), eot=st.booleans())
-def test_oracle_keeps_the_promises_with_a_given_reference(model, case, eot):
+@given(model=fake_models(), case=_oracle_case(), eot=st.sampled_from(["", "+eot", "+eot(committed=any)"]),
+       stall=st.sampled_from(["argmax", "no_match"]))
+def test_oracle_keeps_the_promises_with_a_given_reference(model, case, eot, stall):
     # The kit's check_strategy_property cannot pass a reference, so the same per-step and per-run
     # checks run here on a stepped run with one.
     shape, reference = case
-    spec = "egp_oracle(reference=given)" + ("+eot" if eot else "")
+    spec = f"egp_oracle(reference=given,stall={stall})" + eot
     used = fresh(model)
     strategy, records, result, config, live = stepped(spec, used, reference=reference, **shape)
     check_result(strategy, result, used, config)
@@ -216,20 +269,20 @@ def test_self_reference_is_computed_once_per_prompt():
     REFERENCES.clear()
 
 
-def test_remembered_references_are_used_and_checked():
+def test_a_self_reference_handed_over_in_extras_is_used_and_checked():
     REFERENCES.clear()
     model = FakeModel(logits_fn=ScriptedLogits(20, seed=3), vocab_size=20)
-    prompt, mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[False, True, True], [True, True, True]])
-    given_answers = torch.tensor([[3, 4, 3, 4], [1, 2, 1, 2]])
-    REFERENCES.remember(model, prompt, mask, given_answers, gen_length=4, block_length=4, mask_id=model.mask_id)
-    result = decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=4, block_length=4)
+    given_answers = torch.tensor([[1, 2, 1, 2], [3, 4, 3, 4]])
+    result = decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=4, block_length=4,
+                    extras={"self_reference": given_answers})
     assert len(model.calls) == result.forwards  # no reference decode
-    assert torch.equal(result.tokens, given_answers.flip(0))
-    with pytest.raises(ConfigError, match=r"shape \(2, 8\)"):
-        REFERENCES.remember(model, prompt, mask, given_answers, gen_length=8, block_length=4, mask_id=model.mask_id)
+    assert torch.equal(result.tokens, given_answers)
+    with pytest.raises(ConfigError, match=r"\(2, 8\)"):
+        decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=8, block_length=4,
+               extras={"self_reference": given_answers})
     with pytest.raises(ConfigError, match="mask token"):
-        REFERENCES.remember(model, prompt, mask, torch.full((2, 4), model.mask_id), gen_length=4, block_length=4,
-                            mask_id=model.mask_id)
+        decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=4, block_length=4,
+               extras={"self_reference": torch.full((2, 4), model.mask_id)})
     REFERENCES.clear()
 
 
@@ -296,6 +349,119 @@ def test_eot_rule_cuts_after_the_most_confident_masked_prediction():
     assert eot_cut(cut, _hand_proposal([5, 6, 6, 6, 6, EOT, EOT, EOT], [.9] * 8)).tolist() == [5]
 
 
+def test_eot_committed_branch_cuts_only_after_an_accepted_end_of_text():
+    # Step 2 committed end-of-text at columns 1 and 3; only column 3 was the filter's own choice.
+    state = _hand_state([5, EOT, MASK, EOT, MASK, MASK, MASK, MASK], [0, 2, -1, 2, -1, -1, -1, -1], step=2)
+    proposal = _hand_proposal([5, EOT, 6, EOT, EOT, 6, EOT, 6], [.9, .9, .5, .95, .8, .5, .99, .5])
+    accepted = torch.tensor([[False, False, False, True, False, False, False, False]])
+    assert eot_cut(state, proposal).tolist() == [2]  # any committed one: the first, column 1
+    assert eot_cut(state, proposal, accepted=accepted).tolist() == [4]
+    # Nothing accepted (no filter): the predicted branch, the most confident masked one (column 6).
+    none = torch.zeros_like(accepted)
+    assert eot_cut(state, proposal, accepted=none).tolist() == [7]
+    assert eot_cut(state, proposal, accepted=none, predicted=False).tolist() == [8]
+
+
+def test_eot_predicted_branch_reads_the_mask_before_the_commit():
+    # Step 1 committed end-of-text at column 1 (the top-k's, not accepted); it was the most
+    # confident end-of-text prediction.  Before the commit it was masked: the authors cut after
+    # it; read after the commit, the most confident still-masked prediction is column 3.
+    state = _hand_state([5, EOT, MASK, MASK, MASK, MASK], [0, 1, -1, -1, -1, -1], step=1)
+    proposal = _hand_proposal([5, EOT, 6, EOT, 6, EOT], [.9, .99, .5, .8, .5, .7])
+    before = state.masked | (state.commit_step == 1)
+    none = torch.zeros_like(before)
+    assert eot_cut(state, proposal, accepted=none, masked=before).tolist() == [2]
+    assert eot_cut(state, proposal, accepted=none).tolist() == [4]
+
+
+# Block 0 of a hand-made canvas (gen 8, block 4, 2 commits per step): column 0 is a sure word,
+# column 1 an end-of-text, columns 2-3 unsure words, block 1 all end-of-text.  The first step
+# commits columns 0 and 1 (the top 2), so it commits an end-of-text.
+_TOKENS = [2, EOT, 3, 4, EOT, EOT, EOT, EOT]
+
+
+def _first_cut(spec: str, strengths: list[float]) -> int:
+    model = column_model(_TOKENS, strengths, prompt_length=1)
+    _, records, result, _, _ = stepped(spec, fresh(model), [[3]], gen_length=8, block_length=4, steps=4)
+    assert records[0].commit.mask[0, :2].all() and int(records[0].commit.mask.sum()) == 2
+    assert not (result.tokens == MASK).any()
+    return int(records[0].after.live_length[0])
+
+
+@pytest.mark.parametrize(("options", "cut"), [
+    ("", 5),                                     # the authors': column 1 is no filter's choice
+    ("(committed=any)", 2),                      # any committed end-of-text cuts
+    ("(predicted_mask=after)", 5),
+    ("(committed=any,predicted_mask=after)", 2),  # the rule before the authors' one
+    ("(cut=committed)", 2),                      # the conservative variant: any committed one
+])
+def test_eot_options_on_a_committed_end_of_text_the_filter_did_not_accept(options, cut):
+    # Column 1's end-of-text (confidence 0.9963) is less sure than block 1's (0.9986 each).
+    assert _first_cut(f"eot{options}", [10, 8, 2, 2, 9, 9, 9, 9]) == cut
+
+
+@pytest.mark.parametrize(("options", "cut"), [
+    ("", 2),                                     # masked before the commit: column 1 is the surest
+    ("(predicted_mask=after)", 5),               # still masked after it: block 1's
+    ("(committed=any)", 2),
+    ("(committed=any,predicted_mask=after)", 2),
+])
+def test_eot_options_when_the_surest_end_of_text_is_committed_by_the_top_k(options, cut):
+    # Column 1's end-of-text (0.9992) is now surer than block 1's (0.9963).
+    assert _first_cut(f"eot{options}", [10, 9.5, 2, 2, 8, 8, 8, 8]) == cut
+
+
+def test_eot_cuts_after_an_end_of_text_the_filter_accepted(tmp_path):
+    path = _threshold_filter(tmp_path / "f.safetensors", width=4, above=0.999)
+    filtered = f"learned_filter(path='{path}')"
+    # Column 1 (0.9963) is below the filter's 0.999: the top-k commits it, the filter does not.
+    below = [10, 8, 2, 2, 9, 9, 9, 9]
+    assert _first_cut(f"{filtered}+eot", below) == 5
+    assert _first_cut(f"{filtered}+eot(committed=any)", below) == 2
+    # Column 1 (0.9995) above it: the filter accepts it and the committed branch cuts after it,
+    # although block 1's end-of-text (0.9998) is surer; eot alone cuts after block 1's.
+    above = [10, 10, 2, 2, 11, 11, 11, 11]
+    assert _first_cut(f"{filtered}+eot", above) == 2
+    assert _first_cut("eot", above) == 5
+
+
+def test_eot_reads_accepted_positions_from_any_commit_that_reports_them():
+    class Reporter(Plugin):
+        """Commits the top-1 and reports it as accepted, in a Commit subclass of its own."""
+
+        @attrs.frozen
+        class Reported(Commit):
+            accepted: torch.Tensor | None = attrs.field(default=None, eq=False)
+
+        @hookimpl
+        def dllm_remask(self, state, proposal, plan):
+            top = ops.best_mask(proposal.scores, plan.window(state))
+            return self.Reported(mask=top, accepted=top)
+
+    class Silent(Reporter):
+        @hookimpl
+        def dllm_remask(self, state, proposal, plan):
+            return ops.best_mask(proposal.scores, plan.window(state))
+
+    # The top-1 is column 1's end-of-text; block 1's end-of-text predictions are surer still.
+    model = column_model(_TOKENS, [8, 10, 2, 2, 11, 11, 11, 11], prompt_length=1)
+    # Reported accepted: eot cuts right after column 1 at the first step.
+    _, records, _, _, _ = stepped([Reporter(), "eot"], fresh(model), [[3]], gen_length=8, block_length=4, steps=8)
+    assert records[0].after.live_length.tolist() == [2] and len(records) == 2
+    # The same commit unreported: only the predicted branch, after block 1's first column.
+    _, records, _, _, _ = stepped([Silent(), "eot"], fresh(model), [[3]], gen_length=8, block_length=4, steps=8)
+    assert records[0].after.live_length.tolist() == [5]
+
+    class Wrong(Reporter):
+        @hookimpl
+        def dllm_remask(self, state, proposal, plan):
+            top = ops.best_mask(proposal.scores, plan.window(state))
+            return self.Reported(mask=top, accepted=top.long())
+
+    with pytest.raises(PluginError, match=r"Commit.accepted is \(1, 8\) torch.int64; report .* bool tensor"):
+        decode(fresh(model), [[3]], strategy=[Wrong(), "eot"], gen_length=8, block_length=4, steps=8)
+
+
 def test_eot_truncation_shrinks_the_forward_in_a_batch_that_ends_at_different_points():
     model = ending_model(prompt_length=2)
     prompts = [[3, 9], [9, 9], [12, 9]]  # ends at column 3, 9, and never (12 >= gen length)
@@ -348,6 +514,14 @@ def test_eot_alone_keeps_the_promises():
     check_strategy_property("eot(cut=committed)", max_examples=8)
 
 
+def test_eot_options_keep_the_promises():
+    # The authors' options are eot's defaults (test_eot_alone_keeps_the_promises); these are the
+    # old behaviours and the committed-only variant reading accepted positions.
+    check_strategy_property("eot(committed=any,predicted_mask=after)+topk(k=2)", max_examples=4)
+    check_strategy_property("eot(predicted_mask=after)", max_examples=3)
+    check_strategy_property("eot(cut=committed,committed=accepted)", max_examples=3)
+
+
 @QUICK
 @given(model=fake_models(), shape=decode_shapes())
 def test_after_eot_everything_behind_the_first_end_of_text_is_end_of_text(model, shape):
@@ -393,9 +567,12 @@ def test_features_are_top1_confidences_of_the_block_on_hand_made_logits():
     logits = Logits(values=values, start=2)  # the logits cover response columns 2..7 of 10
     features = block_confidences(logits, start=torch.tensor([0, 4]), width=4, live_length=torch.tensor([10, 7]),
                                  gen_length=10)
-    expected = torch.tensor([[SETTLED, SETTLED, 0.9, 0.5],    # columns 0, 1 not covered: settled
-                             [0.99, 0.2, 0.6, SETTLED]])      # column 7 is cut (live length 7)
-    assert features.dtype == torch.float32 and torch.allclose(features, expected)
+    expected = torch.tensor([[ZERO, ZERO, 0.9, 0.5],    # columns 0, 1 not covered: the padding, 0
+                             [0.99, 0.2, 0.6, ZERO]])   # column 7 is cut (live length 7)
+    assert ZERO == 0.0 and features.dtype == torch.float32 and torch.allclose(features, expected)
+    settled = block_confidences(logits, start=torch.tensor([0, 4]), width=4, live_length=torch.tensor([10, 7]),
+                                gen_length=10, pad=SETTLED)
+    assert torch.allclose(settled, torch.tensor([[SETTLED, SETTLED, 0.9, 0.5], [0.99, 0.2, 0.6, SETTLED]]))
     placed = place_block(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1, 3]), 5, 0.0)
     assert placed.tolist() == [[0, 1, 2, 0, 0], [0, 0, 0, 3, 4]]
 
@@ -432,14 +609,57 @@ def test_filter_accepts_above_threshold_and_adds_the_baseline_top_k(tmp_path):
     chosen = plugin.dllm_remask(state=state, proposal=proposal, plan=plan)
     # Row 0: accepted 0 and 3 (above 0.98; column 1 too but it is committed); top-1 adds nothing new.
     # Row 1: accepted 5; the baseline's top-1 is 5 as well.  Then with a budget of 2: 5 and 6.
-    assert chosen.tolist() == [[True, False, False, True, False, False, False, False],
-                               [False, False, False, False, False, True, False, False]]
+    expected = [[True, False, False, True, False, False, False, False],
+                [False, False, False, False, False, True, False, False]]
+    assert isinstance(chosen, FilterCommit) and chosen.mask.tolist() == expected and chosen.tokens is None
+    assert chosen.accepted.tolist() == expected
     plan2 = attrs.evolve(plan, budget=torch.tensor([1, 2]))
-    assert plugin.dllm_remask(state=state, proposal=proposal, plan=plan2)[1].nonzero().flatten().tolist() == [5, 6]
-    # A filter that accepts nothing leaves exactly the baseline's top-k.
+    wider = plugin.dllm_remask(state=state, proposal=proposal, plan=plan2)
+    assert wider.mask[1].nonzero().flatten().tolist() == [5, 6]
+    assert wider.accepted[1].nonzero().flatten().tolist() == [5]  # 6 is the top-k's, not the filter's
+    # A filter that accepts nothing leaves exactly the baseline's top-k, and reports no position.
     plugin.threshold = 1.0
-    assert plugin.dllm_remask(state=state, proposal=proposal, plan=plan2).nonzero().tolist() == [[0, 0], [1, 5],
-                                                                                                [1, 6]]
+    nothing = plugin.dllm_remask(state=state, proposal=proposal, plan=plan2)
+    assert nothing.mask.nonzero().tolist() == [[0, 0], [1, 5], [1, 6]] and not nothing.accepted.any()
+
+
+def _cross_filter(path, width: int = 4):
+    """A hand-set filter that accepts position 0 exactly when the *last* position's feature
+    exceeds 0.5, and nothing else: it shows what a cut position is read as."""
+    network = FilterMLP(width, width)
+    with torch.no_grad():
+        network.inner.weight.zero_()
+        network.inner.weight[0, width - 1] = 1.0
+        network.inner.bias.zero_()
+        network.outer.weight.zero_()
+        network.outer.weight[0, 0] = 40.0
+        network.outer.bias.fill_(-40.0)
+        network.outer.bias[0] = -20.0 + float(torch.log(torch.tensor(0.96 / 0.04)))
+    save_filter(network, path, threshold=0.96, training={"hand_set": True})
+    return path
+
+
+@pytest.mark.parametrize(("padding", "accepted"), [("zero", []), ("settled", [0])])
+def test_filter_reads_cut_positions_as_its_padding(tmp_path, padding, accepted):
+    path = _cross_filter(tmp_path / "cross.safetensors")
+    default = build_strategy(f"learned_filter(path='{path}')").plugins["learned_filter"]
+    assert default.options.padding == "zero"  # the authors'
+    plugin = build_strategy(f"learned_filter(path='{path}',padding={padding})").plugins["learned_filter"]
+    config = DecodeConfig(gen_length=4, block_length=4, mask_id=MASK, fill_id=EOT)
+    state = DecodeState.start(torch.tensor([[4]]), torch.ones(1, 1, dtype=torch.bool), config)
+    # Column 3 was cut by End-of-Text truncation (live length 3): the block is one position short.
+    state = attrs.evolve(state, response=torch.tensor([[MASK, MASK, MASK, EOT]]), live_length=torch.tensor([3]))
+    values = _logits_with_top1([[0.3, 0.6, 0.5, 0.99]])
+    confidence = top1_confidence(values).float()
+    proposal = Proposal(tokens=values.argmax(-1), confidence=confidence,
+                        scores=confidence.masked_fill(~state.masked, float("-inf")), logits=Logits(values=values))
+    plan = Plan(window_start=torch.tensor([0]), window_end=torch.tensor([4]), budget=torch.tensor([1]))
+    plugin.dllm_start(state=state)
+    commit = plugin.dllm_remask(state=state, proposal=proposal, plan=plan)
+    # zero: the cut column reads 0 (the authors' zero-padding), so column 0 is not accepted;
+    # settled: it reads 1.0 and column 0 is.  The top-1 (column 1) is committed either way.
+    assert commit.accepted[0].nonzero().flatten().tolist() == accepted
+    assert commit.mask[0].nonzero().flatten().tolist() == sorted(accepted + [1])
 
 
 def test_filter_file_round_trip_and_clear_errors(tmp_path, monkeypatch):
@@ -488,11 +708,14 @@ def _block4_shapes(draw):
             "steps": draw(st.integers(1, 4)) * blocks}
 
 
-@pytest.mark.parametrize("extra", ["", "+eot", "+margin", "+gumbel(temperature=0.5)+eot"])
-def test_filter_keeps_the_promises(width4_filter, extra):
+@pytest.mark.parametrize(("options", "extra"), [
+    ("", ""), ("", "+eot"), ("", "+margin"), ("", "+gumbel(temperature=0.5)+eot"),
+    (",padding=settled", "+eot(committed=any,predicted_mask=after)"),
+])
+def test_filter_keeps_the_promises(width4_filter, options, extra):
     # The kit's drawn shapes use block lengths 2, 4 and 8, and a filter reads one width: the same
     # checks run here on the kit's fake models with the filter's block length.
-    spec = f"learned_filter(path='{width4_filter}'){extra}"
+    spec = f"learned_filter(path='{width4_filter}'{options}){extra}"
 
     @QUICK
     @given(model=fake_models(), shape=_block4_shapes(), seed=st.integers(0, 2**16))
@@ -528,6 +751,20 @@ def test_collect_records_block_confidences_and_oracle_labels():
     assert torch.equal(data.masked, ~torch.cat([torch.tril(torch.ones(4, 4), -1)] * 2).bool())
 
 
+@pytest.mark.parametrize(("stall", "rows"), [("argmax", 4), ("no_match", 3)])
+def test_collect_labels_with_the_oracles_stall_rule(monkeypatch, stall, rows):
+    # The chain model against the reference 6 7 3 3: step 2 matches nothing although its argmax
+    # moved.  The authors' oracle spends one more step (a recorded row) before it copies.
+    monkeypatch.setattr(training, "self_reference", lambda *args: torch.tensor([[6, 7, 3, 3]]))
+    data = collect(chain_model(prompt_length=1), [[3]], gen_length=4, block_length=4, chat=False, stall=stall)
+    assert len(data) == rows
+    assert data.labels[:3].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    # No feature is padded: the oracle runs without truncation over the whole response.
+    assert bool((data.features > 0).all())
+    with pytest.raises(ConfigError, match="oracle stall rule must be one of argmax, no_match"):
+        FilterTraining(oracle_stall="sometimes")
+
+
 def test_fit_learns_a_separable_rule():
     # Label 1 on confident positions (features in [0.8, 1]), 0 on the others ([0, 0.4]).
     g = torch.Generator().manual_seed(0)
@@ -546,7 +783,7 @@ def test_train_filter_command_writes_a_filter_that_decodes(tmp_path):
     from dllm_strategies.cli import main
     from dllm_strategies.models.tiny import tiny_model
 
-    tiny = tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=4)
+    tiny = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=4)
     tiny.module.save_pretrained(tmp_path / "model")
     tiny.tokenizer.save_pretrained(tmp_path / "model")
     output = tmp_path / "out" / "filter.safetensors"
@@ -559,6 +796,8 @@ def test_train_filter_command_writes_a_filter_that_decodes(tmp_path):
     facts = meta["training"]
     assert facts["prompts"] == [6] and facts["epochs"] == 60 and facts["steps_collected"] >= 6 * 2
     assert facts["final_loss"] < facts["first_loss"] and "validation" in facts
+    assert facts["oracle"] == "egp_oracle(reference=given,stall=argmax)" and facts["oracle_stall"] == "argmax"
+    assert facts["feature_padding"] == "zero"
     assert facts["command"].startswith("dllm-strategies train-filter") and "--block-length 8" in facts["command"]
     with torch.inference_mode():
         result = decode(tiny, ["Tom has 3 apples . How many apples does Tom have now ?"],
@@ -581,7 +820,7 @@ def test_train_filter_collects_every_gen_length_and_reports_each(tmp_path):
     from dllm_strategies.cli import main
     from dllm_strategies.models.tiny import tiny_model
 
-    tiny = tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=4)
+    tiny = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=4)
     tiny.module.save_pretrained(tmp_path / "model")
     tiny.tokenizer.save_pretrained(tmp_path / "model")
     output = tmp_path / "filter.safetensors"

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from dllm_arith.tokenizer import build_tokenizer
+
 from dllm_strategies import ModelError, decode, load_model
 
 
@@ -53,7 +55,7 @@ def test_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
 def test_project_checkpoint_round_trip(tmp_path):
     from dllm_strategies.models.tiny import tiny_model
 
-    tiny = tiny_model(hidden_size=16, num_layers=1, num_heads=2)
+    tiny = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2)
     tiny.module.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     model = load_model(str(tmp_path), device="cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dllm_strategies import PluginError, SpecError, build_strategy, decode
-from dllm_strategies.registry import strategy_plugins
+from dllm_strategies.discovery import strategy_plugins
 from dllm_strategies.testing import FakeModel, ScriptedLogits
 
 BASELINES = {"low_confidence", "random", "margin", "entropy", "gumbel", "threshold", "entropy_threshold", "topk"}

@@ -1,5 +1,5 @@
 """Robustness: fuzzed specs raise only SpecError; a plugin that raises or an interrupt mid-run
-leaves no result behind; the memory benchmark runs (issue 7)."""
+leaves no result behind; the memory benchmark runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+
+from dllm_arith.tokenizer import build_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +111,7 @@ def test_interrupted_cli_json_prints_no_partial_results(failing, tmp_path, capsy
     from dllm_strategies import cli
     from dllm_strategies.models.tiny import tiny_model
 
-    model = tiny_model(hidden_size=16, num_layers=1, num_heads=2)
+    model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2)
     monkeypatch.setattr("dllm_strategies.load_model", lambda *a, **k: model)
     prompts = tmp_path / "p.txt"
     prompts.write_text("Tom has 3 apples .\nAnn has 2 eggs .\nSam has 4 cards .\n")

@@ -488,7 +488,7 @@ def test_prophet_fills_the_whole_row_on_the_step_the_gap_clears_the_threshold_an
 
 
 def _tokenized_model():
-    from dllm_strategies.arith.tokenizer import build_tokenizer
+    from dllm_arith.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     return types.SimpleNamespace(tokenizer=tokenizer, vocab_size=len(tokenizer), name="task"), tokenizer

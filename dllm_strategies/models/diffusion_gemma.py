@@ -39,8 +39,10 @@ from typing import Any
 import attrs
 import torch
 
+from dllm_strategies.blocks import BlockRun
 from dllm_strategies.errors import ConfigError, ModelError
 from dllm_strategies.models.families import Family
+from dllm_strategies.state import DecodeState, Logits, Plan
 
 FAMILY = Family(
     name="diffusion_gemma",
@@ -151,6 +153,7 @@ class DiffusionGemma:
     # The decode loop's facts about this model (see dllm_strategies.blocks).
     process: str = "uniform"
     lockstep: bool = True
+    runner: type = BlockRun
 
     @property
     def mask_id(self) -> int:
@@ -173,6 +176,10 @@ class DiffusionGemma:
         return recommended_strategy(self.generation)
 
     # ---- the encoder cache ---------------------------------------------------------------
+    def exact_cache(self, state: DecodeState) -> ExactCanvasCache:
+        """A run's exact cache (the core's forward for this model; ``self_conditioning`` uses it too)."""
+        return ExactCanvasCache(batch_size=state.batch_size)
+
     def new_cache(self, batch_size: int) -> CanvasCache:
         from transformers.cache_utils import DynamicCache
 
@@ -240,6 +247,60 @@ class DiffusionGemma:
                           decoder_position_ids=position_ids, self_conditioning_logits=self_conditioning_logits,
                           self_conditioning_mask=self_conditioning_mask).logits
         return out[:, -logits_to_keep:] if logits_to_keep else out
+
+
+@attrs.define(eq=False)
+class ExactCanvasCache:
+    """One run's encoder cache, filled as ``generate`` fills it: the prompt (one encoder pass),
+    then each canvas once it is decided, in lockstep (every row of the batch in one pass, a row
+    whose text is over with its pad).  A step's decoder pass reads it for the stepping rows.
+
+    Attributes:
+        batch_size: rows of the run.
+        cache: the :class:`CanvasCache` of every row (None before the first step).
+        encoded: response columns in it (the same for every row).
+        masks: the decoder's 4-D masks of every row for the current canvas.
+    """
+
+    batch_size: int
+    cache: CanvasCache | None = None
+    encoded: int = 0
+    masks: dict | None = None
+
+    def logits(self, model: Any, state: DecodeState, plan: Plan, **inputs: Any) -> Logits:
+        """Encoder passes for what was decided since the last step, then one decoder pass over
+        the canvas holding each row's window.  ``inputs`` go to the decoder (self-conditioning)."""
+        L = model.block_length
+        start = torch.div(plan.window_start, L, rounding_mode="floor") * L
+        if bool((start != start[0]).any()):
+            raise ConfigError("DiffusionGemma decodes the rows of a batch in lockstep (one canvas at a time, as "
+                              "generate does); a schedule gave rows windows in different canvases")
+        start = int(start[0])
+        P = state.prompt.shape[1]
+        if self.cache is None or self.encoded < start:
+            if state.batch_size != self.batch_size:
+                raise ConfigError("DiffusionGemma's encoder writes every row of the batch at once; a step at a "
+                                  "canvas boundary must hold every row (the block loop's lockstep)")
+            if self.cache is None:
+                positions = torch.arange(P, device=state.device)[None]
+                self.cache = model.encode(model.new_cache(self.batch_size), state.prompt, state.prompt_mask, positions)
+            while self.encoded < start:  # one pass per canvas, as generate encodes them
+                stop = self.encoded + L
+                positions = torch.arange(P + self.encoded, P + stop, device=state.device)[None]
+                block = state.response[:, self.encoded:stop]
+                self.cache = model.encode(self.cache, block, torch.ones_like(block, dtype=torch.bool), positions)
+                self.encoded = stop
+            self.masks = None
+        if self.masks is None:
+            self.masks = model.decoder_masks(self.cache, L)
+        whole = state.batch_size == self.batch_size
+        rows = None if whole else state.rows
+        masks = {k: (v if whole or v is None else v.index_select(0, rows)) for k, v in self.masks.items()}
+        canvas = state.response[:, start:start + L]
+        positions = torch.arange(P + start, P + start + L, device=state.device)[None]
+        values = model.logits(canvas, position_ids=positions, cache=self.cache.view(rows), decoder_masks=masks,
+                              **inputs)
+        return Logits(values=values, start=start)
 
 
 # ------------------------------------------------------------------------------------------

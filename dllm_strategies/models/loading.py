@@ -18,15 +18,19 @@ from typing import Any
 
 import torch
 
+from dllm_strategies import discovery
 from dllm_strategies.errors import ModelError
-from dllm_strategies.models import families
+from dllm_strategies.models import families, native
 from dllm_strategies.models.adapter import DiffusionModel
 
 
 def _registered_models() -> dict[str, dict[str, Any]]:
-    from dllm_strategies.registry import installed_models
+    return discovery.installed_models()
 
-    return installed_models()
+
+def _may_be_registered(name: str) -> bool:
+    """Registered model names are bare words; a path or hub id never consults the plugins."""
+    return "/" not in name and "\\" not in name and not name.startswith((".", "~"))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -46,7 +50,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def registered_or_local_dir(name: str) -> Path | None:
     """The directory a registered model name stands for, else ``name`` as an existing directory,
     else None (e.g. a hub id).  Nothing is downloaded or checked further."""
-    entry = _registered_models().get(name)
+    entry = _registered_models().get(name) if _may_be_registered(name) else None
     if entry is not None:
         return Path(entry["path"])
     path = Path(name).expanduser()
@@ -59,9 +63,10 @@ def local_dir(path_or_id: str) -> Path:
     if path.is_dir():
         return path
     if path.is_absolute() or path_or_id.startswith((".", "~")) or path_or_id.count("/") != 1:
+        registered = discovery.unknown_model_note() if _may_be_registered(path_or_id) else "it is a path"
         raise ModelError(
             f"cannot find model {path_or_id!r}: no such directory, and it is neither a registered name "
-            f"({', '.join(sorted(_registered_models())) or 'none'}) nor a hub id of the form 'org/name'"
+            f"({registered}) nor a hub id of the form 'org/name'"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -70,8 +75,7 @@ def local_dir(path_or_id: str) -> Path:
                                                                   "*.model", "*.txt", "*.py"]))
     except Exception as exc:  # offline, unknown id, no access
         raise ModelError(
-            f"cannot find model {path_or_id!r}: not a registered name ({', '.join(sorted(_registered_models()))}), "
-            f"not a local directory, and the hub gave: {type(exc).__name__}: {exc}"
+            f"cannot find model {path_or_id!r}: not a local directory, and the hub gave: {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -113,7 +117,7 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = resolve_dtype(dtype, device)
-    registered = _registered_models()
+    registered = _registered_models() if _may_be_registered(path_or_id) else {}
     name = path_or_id
     if path_or_id in registered:
         entry = registered[path_or_id]
@@ -132,8 +136,6 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
                          f"natively supported: {_native_list()}")
     family = families.family_for_model_type(model_type)
     if family is not None and family.native:
-        from dllm_strategies.models import native
-
         tokenizer = native.load_tokenizer(directory, family)
         module = native.load_native(directory, family, config, dtype=torch_dtype, device=device)
     else:

@@ -10,16 +10,19 @@ Three lines for a plugin author::
 Per step (on every :class:`~dllm_strategies.decode.StepRecord`): the prompt never changes; a
 committed token is never masked again or changed unless the remasking plugin is revocable;
 every live row commits at least one token by the strategy's own choice (the core never had to
-force progress); a live length never grows; with the core's top-k remasking, each step commits
+force progress; a schedule declaring ``empty_steps`` may plan none, never at a row's last
+declared step); a live length never grows; with the core's top-k remasking, each step commits
 exactly ``min(budget, masked in window)``, so the schedule's budgets add up to the gen length.
-Per run: no mask token is left; every row ends within ``gen_length`` steps (non-revocable);
+Per run: no mask token is left; every row ends within ``gen_length`` steps (non-revocable; with
+``empty_steps``, within ``max(gen_length, steps)``: an empty step is paid by the declared steps);
 cost counters equal what the model was called with; the same seed gives the same output; and
-a strategy none of whose plugins declares ``stochastic = True`` decodes a batch exactly as it
-decodes each row alone.
+a strategy none of whose plugins declares ``stochastic = True`` (or ``batch_invariant = False``)
+decodes a batch exactly as it decodes each row alone: the same tokens, steps and NFE per row.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import attrs
@@ -29,7 +32,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from dllm_strategies.decode import Run, StepRecord, decode, encode_prompts
-from dllm_strategies.registry import Strategy, build_strategy
+from dllm_strategies.models.tiny import tiny_model
+from dllm_strategies.strategy import RunPlugins, Strategy, build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeResult, DecodeState
 from dllm_strategies.testing.fakes import FakeModel, RecordingModel, ScriptedLogits
 
@@ -103,7 +107,7 @@ def _where(record: StepRecord, mask: torch.Tensor) -> str:
     return f"row {int(record.rows[row])}, response position {col}, step {record.before.step}"
 
 
-def check_step(strategy: Strategy, record: StepRecord, prompt: torch.Tensor) -> None:
+def check_step(strategy: RunPlugins, record: StepRecord, prompt: torch.Tensor) -> None:
     """Check one step; ``prompt`` is the whole batch's prompt as it was at the start."""
     before, after = record.before, record.after
     remasker = strategy.owners["dllm_remask"]
@@ -136,12 +140,17 @@ def check_step(strategy: Strategy, record: StepRecord, prompt: torch.Tensor) -> 
             "progress. A strategy must commit at least one masked position per live row per step"
         )
     newly = record.commit.mask.sum(1)
-    if bool((newly < 1).any()):
+    empty = record.plan.budget == 0
+    if bool(empty.any()) and (not _empty_steps(strategy) or
+                              bool((empty & (before.taken >= before.config.steps - 1)).any())):
+        raise InvariantViolation(f"the schedule of {strategy.spec!r} planned an empty step at step {before.step} "
+                                 "without declaring empty_steps, or at a row's last declared step")
+    if bool(((newly < 1) & ~empty).any()):
         raise InvariantViolation(f"a live row committed nothing at step {before.step} with {strategy.spec!r}")
     if remasker == "core" and not bool(after.live_length.lt(before.live_length).any()) and \
             not bool((after.finished & after.masked.any(1)).any()):
         window = record.plan.window(before).sum(1)
-        expected = torch.minimum(record.plan.budget, window).clamp(min=1)
+        expected = torch.where(empty, 0, torch.minimum(record.plan.budget, window).clamp(min=1))
         if not torch.equal(newly, expected):
             raise InvariantViolation(
                 f"step {before.step} committed {newly.tolist()} positions but the schedule of {strategy.spec!r} "
@@ -150,13 +159,14 @@ def check_step(strategy: Strategy, record: StepRecord, prompt: torch.Tensor) -> 
             )
 
 
-def check_result(strategy: Strategy, result: DecodeResult, model: RecordingModel, config: DecodeConfig) -> None:
+def check_result(strategy: RunPlugins, result: DecodeResult, model: RecordingModel, config: DecodeConfig) -> None:
     if bool((result.tokens == config.mask_id).any()):
         raise InvariantViolation(f"the output of {strategy.spec!r} still holds the mask token")
     revocable = bool(getattr(strategy.owner("dllm_remask"), "revocable", False))
-    if not revocable and bool((result.steps > config.gen_length).any()):
+    limit = max(config.gen_length, config.steps) if _empty_steps(strategy) else config.gen_length
+    if not revocable and bool((result.steps > limit).any()):
         raise InvariantViolation(f"{strategy.spec!r} took {result.steps.tolist()} steps for gen_length "
-                                 f"{config.gen_length}")
+                                 f"{config.gen_length} (at most {limit})")
     if result.forwards != len(model.calls):
         raise InvariantViolation(f"the result counts {result.forwards} forwards but the model was called "
                                  f"{len(model.calls)} times ({strategy.spec!r})")
@@ -164,8 +174,13 @@ def check_result(strategy: Strategy, result: DecodeResult, model: RecordingModel
               else c.input_ids.numel() for c in model.calls)  # a 4-D mask: every input position is processed
     if result.positions != fed:
         raise InvariantViolation(f"the result counts {result.positions} positions but the model processed {fed}")
-    if bool((result.nfe > result.forwards).any()) or int(result.nfe.max()) != result.forwards:
+    # each forward is charged to the rows that took part in it: none exceeds the forwards, none goes uncharged
+    if bool((result.nfe > result.forwards).any()) or int(result.nfe.sum()) < result.forwards:
         raise InvariantViolation(f"per-row NFE {result.nfe.tolist()} disagrees with {result.forwards} forwards")
+
+
+def _empty_steps(strategy: Any) -> bool:
+    return bool(getattr(strategy.owner("dllm_schedule"), "empty_steps", False))
 
 
 def _fresh(model: Any) -> RecordingModel:
@@ -184,7 +199,7 @@ class CheckedRun:
         state: the whole batch's final state (``state.config``, ``state.live_length``...).
     """
 
-    strategy: Strategy
+    strategy: RunPlugins
     records: list[StepRecord]
     result: DecodeResult
     state: DecodeState
@@ -197,8 +212,7 @@ def checked_run(spec: Any, model: Any, prompts: list[list[int]], *, gen_length: 
     model = _fresh(model)
     strategy = build_strategy(spec)
     ids, mask = encode_prompts(model, prompts)
-    config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps, mask_id=model.mask_id,
-                          fill_id=model.fill_id, eot_ids=model.eot_ids, seed=seed)
+    config = DecodeConfig.for_model(model, gen_length=gen_length, block_length=block_length, steps=steps, seed=seed)
     state = DecodeState.start(ids, mask, config, reference=reference)
     prompt = state.prompt.clone()
     run = Run.begin(strategy, model, state)
@@ -226,35 +240,61 @@ def check_strategy(spec: Any, model: Any, prompts: list[list[int]], *, gen_lengt
     again = checked_decode(spec, model, prompts, seed=seed, reference=reference, **kwargs)
     if not torch.equal(result.tokens, again.tokens):
         raise InvariantViolation(f"{spec!r}: the same seed gave different outputs")
-    stochastic = [name for name, plugin in build_strategy(spec).plugins.items()
-                  if getattr(plugin, "stochastic", False)]
-    if not stochastic:  # deterministic: a batch must decode exactly as its rows alone
+    declared = build_strategy(spec)
+    stochastic = [name for name, value in declared.declared("stochastic").items() if value]
+    batch_dependent = [name for name, value in declared.declared("batch_invariant").items() if not value]
+    if batch_dependent:
+        warnings.warn(f"{spec!r}: {', '.join(batch_dependent)} declare(s) batch_invariant = False; the kit does not "
+                      "compare a batch with its rows decoded alone", stacklevel=2)
+    if not stochastic and not batch_dependent:  # deterministic: a batch must decode exactly as its rows alone
         for i, prompt in enumerate(prompts):
             alone = decode(_fresh(model), [prompt], strategy=spec, seed=seed,
                            reference=None if reference is None else reference[i:i + 1], **kwargs)
-            if not torch.equal(alone.tokens[0], result.tokens[i]):
+            batched = (result.tokens[i].tolist(), int(result.steps[i]), int(result.nfe[i]))
+            single = (alone.tokens[0].tolist(), int(alone.steps[0]), int(alone.nfe[0]))
+            if batched != single:
                 raise InvariantViolation(
-                    f"{spec!r}: row {i} decoded in a batch differs from decoding it alone "
-                    f"({result.tokens[i].tolist()} vs {alone.tokens[0].tolist()}); a plugin whose choices are "
-                    "random must say so with `stochastic = True`")
+                    f"{spec!r} is batch dependent: row {i} decoded in a batch differs from the same row decoded alone "
+                    f"(tokens {batched[0]} vs {single[0]}, steps {batched[1]} vs {single[1]}, NFE {batched[2]} vs "
+                    f"{single[2]}); a greedy row's tokens, steps and NFE must not depend on the rest of its batch "
+                    "(keep per-row state per row; name the rows a forward serves with model.logits(rows=...)). "
+                    "A plugin whose choices are random declares `stochastic = True`; one that genuinely cannot "
+                    "promise batch invariance declares `batch_invariant = False`")
     return result
 
 
-def check_strategy_property(spec: Any, *, model: Any = None, block_lengths: tuple[int, ...] = (2, 4, 8),
+def kit_model() -> Any:
+    """The tiny real model the kit runs a plugin on when it declares ``supports_fake_models = False``."""
+    return tiny_model(hidden_size=16, num_layers=1, num_heads=2, seed=3)
+
+
+def check_strategy_property(spec: Any, *, model: Any = None, block_lengths: tuple[int, ...] | None = None,
                             references: bool = False, max_examples: int = 20) -> None:
     """Run :func:`check_strategy` over hypothesis-drawn decode shapes, on hypothesis-drawn fake
-    models, or on ``model`` when given (a tiny real model, for plugins that need one, such as
-    a KV cache: prompts and references are drawn from token ids 2..23, so its vocabulary must
-    hold them).  ``block_lengths``: the block lengths to draw (a plugin may need one width);
-    ``references``: pass a drawn reference response (for oracle plugins)."""
+    models, or on ``model`` when given (prompts and references are drawn from token ids 2..23, so
+    its vocabulary must hold them).
+
+    What the spec's plugins declare decides the rest: a plugin with ``supports_fake_models =
+    False`` (a KV cache) runs on :func:`kit_model` when no ``model`` is given; ``block_lengths``
+    (default: the widths every plugin that declares some accepts, else 2, 4 and 8) are the block
+    lengths drawn.  ``references``: pass a drawn reference response (for oracle plugins)."""
+    run = Strategy.parse(spec).start()
+    if model is None and not all(run.declared("supports_fake_models").values()):
+        model = kit_model()
+    if block_lengths is None:
+        widths = [set(w) for w in run.declared("block_lengths").values() if w]
+        block_lengths = tuple(sorted(set.intersection(*widths))) if widths else (2, 4, 8)
+        if not block_lengths:
+            raise InvariantViolation(f"{spec!r}: its plugins declare block lengths with nothing in common "
+                                     f"({run.declared('block_lengths')}); they cannot decode together")
     models = fake_models() if model is None else st.just(model)
 
     @settings(max_examples=max_examples, deadline=None, database=None)
     @given(model=models, shape=decode_shapes(block_lengths, references), seed=st.integers(0, 2**16))
-    def run(model: Any, shape: dict, seed: int) -> None:
+    def check(model: Any, shape: dict, seed: int) -> None:
         check_strategy(spec, model, seed=seed, **shape)
 
-    run()
+    check()
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,9 +313,8 @@ def decoder_machine(spec: Any) -> type[RuleBasedStateMachine]:
             self.model = _fresh(model)
             self.strategy = build_strategy(spec)
             ids, mask = encode_prompts(self.model, shape["prompts"])
-            self.config = DecodeConfig(gen_length=shape["gen_length"], block_length=shape["block_length"],
-                                       steps=shape["steps"], mask_id=self.model.mask_id, fill_id=self.model.fill_id,
-                                       eot_ids=self.model.eot_ids, seed=seed)
+            self.config = DecodeConfig.for_model(self.model, gen_length=shape["gen_length"],
+                                                  block_length=shape["block_length"], steps=shape["steps"], seed=seed)
             state = DecodeState.start(ids, mask, self.config)
             self.prompt = state.prompt.clone()
             self.run = Run.begin(self.strategy, self.model, state)

@@ -9,7 +9,7 @@ the JSON results, a Markdown table, a Pareto plot, a (TPF, accuracy) plot and a 
 
 Every model is loaded once; each (model, gen length) gets the LLaDA low-confidence one-token-per-
 step baseline, measured in the same run, that speedups are taken against.  Accuracy is the exact
-match of the ``#### N`` number, extracted as :mod:`dllm_strategies.arith.evaluate` does.  Costs are
+match of the ``#### N`` number, extracted as :mod:`dllm_arith.evaluate` does.  Costs are
 defined in :mod:`dllm_harness.metrics` (and ``docs/metrics.md``).
 """
 
@@ -27,15 +27,15 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from dllm_strategies import decode
+from dllm_strategies import decode, discovery
 from dllm_strategies.decode import encode_prompts
-from dllm_strategies.arith.task import Problem, extract_answer, test_problems, validation_problems
 from dllm_strategies.errors import ConfigError, DllmError
 from dllm_harness import matrix, metrics
 from dllm_harness.journal import Journal, model_fingerprint
 
 DEFAULT_LIMIT = 40  # the first 40 held-out problems: the default matrix fits 30 minutes on 2 CPU cores
 DEFAULT_BATCH_SIZE = 32
+TASK = "arith"  # the registered task (dllm_tasks hook) whose problems the bench decodes
 
 
 @attrs.frozen
@@ -112,9 +112,22 @@ class EntryResult:
                 "speedup": self.speedup}
 
 
-def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, batch_size: int, seed: int,
-              chat: bool, example: int, progress: bool = True) -> EntryResult:
-    """Decode every problem with one entry's settings and record what it cost."""
+def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch_size: int, seed: int,
+              chat: bool, example: int, progress: bool = True,
+              self_references: dict[tuple[int, int], torch.Tensor] | None = None) -> EntryResult:
+    """Decode every problem with one entry's settings and record what it cost.
+
+    ``self_references`` (one model's, by (gen length, block length)): the plain baseline's
+    responses to every problem.  The plain baseline fills it; every other entry gets it as
+    ``extras["self_reference"]``, the documented channel through which an oracle whose reference
+    is the model's own standard decode (``egp_oracle``) takes it instead of decoding every prompt
+    a second time.  (A baseline read back from a journal holds no tokens: the oracle then decodes
+    its references itself.)"""
+    lengths = (int(entry.gen_length), int(entry.block_length))
+    share = _is_plain_baseline(entry) and self_references is not None
+    given = None if share or self_references is None else self_references.get(lengths)
+    responses = []
+    extract_answer = discovery.task(TASK).extract_answer
     stop_ids = (*model.eot_ids, model.fill_id)
     records: list[ProblemRecord] = []
     trajectory = None
@@ -122,9 +135,12 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
     for start in tqdm(batches, desc=entry.display, leave=False, disable=not progress, file=sys.stderr):
         chunk = problems[start:start + batch_size]
         with torch.inference_mode():
+            extras = {"self_reference": given[start:start + len(chunk)]} if given is not None else None
             result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
-                            block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat)
-        _share_as_reference(model, [p.question for p in chunk], result.tokens, entry, chat)
+                            block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat,
+                            extras=extras)
+        if share:
+            responses.append(result.tokens)
         answers = metrics.answer_lengths(result.tokens, stop_ids)
         answer_fw, tail_fw = metrics.split_forwards(result.block_nfe, answers, result.tokens.shape[1])
         answers, answer_fw, tail_fw = answers.tolist(), answer_fw.tolist(), tail_fw.tolist()
@@ -142,26 +158,15 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Problem], *, b
             is_eot = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
             trajectory = Trajectory(index=example, commit_step=result.commit_step[row].tolist(),
                                     tokens=tokens.tolist(), eot=is_eot.tolist())
+    if share:
+        self_references[lengths] = torch.cat(responses)
     return EntryResult(entry=entry, records=records, trajectory=trajectory)
 
 
-def _share_as_reference(model: Any, questions: Sequence[str], responses: torch.Tensor, entry: matrix.Entry,
-                        chat: bool) -> None:
-    """Hand the baseline's responses to the EGP oracle's self-reference cache when Learn2PD is
-    installed: the oracle's default reference is exactly this decode (low-confidence, one token
-    per step, greedy, same lengths), so an ``egp_oracle`` entry later in the run need not decode
-    every prompt a second time.  (A baseline read back from a journal holds no tokens: the
-    oracle then decodes its references itself.)  Any other entry is left alone: only the
-    baseline in its plain form (no options) is that decode."""
-    if not entry.baseline or entry.spec.strip() not in ("", matrix.BASELINE_METHOD):
-        return
-    try:
-        from dllm_learn2pd.reference import REFERENCES
-    except ImportError:
-        return
-    prompt, prompt_mask = encode_prompts(model, questions, chat=chat)
-    REFERENCES.remember(model, prompt.to(responses.device), prompt_mask.to(responses.device), responses,
-                        gen_length=int(entry.gen_length), block_length=int(entry.block_length), mask_id=model.mask_id)
+def _is_plain_baseline(entry: matrix.Entry) -> bool:
+    """The baseline in its plain form (no options): LLaDA low-confidence, one token per step,
+    greedy; exactly the decode an oracle's self-reference is (docs/learn2pd.md)."""
+    return entry.baseline and entry.spec.strip() in ("", matrix.BASELINE_METHOD)
 
 
 def _from_journal(entry: matrix.Entry, row: dict[str, Any]) -> EntryResult:
@@ -170,7 +175,7 @@ def _from_journal(entry: matrix.Entry, row: dict[str, Any]) -> EntryResult:
                        trajectory=Trajectory(**trajectory) if trajectory is not None else None)
 
 
-def _warm_up(model: Any, entry: matrix.Entry, problem: Problem, chat: bool) -> None:
+def _warm_up(model: Any, entry: matrix.Entry, problem: Any, chat: bool) -> None:
     """One untimed decode, so that lazy initialisation is not billed to the first entry."""
     with torch.inference_mode():
         decode(model, [problem.question], strategy=entry.spec, gen_length=entry.gen_length,
@@ -244,7 +249,7 @@ def aup_table(results: Sequence[EntryResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, batch_size: int = DEFAULT_BATCH_SIZE,
+def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
               seed: int = 0, chat: bool = True, example: int = 0, device: str | None = None, dtype: str | None = None,
               loader: Callable[[str], Any] | None = None, progress: bool = True,
               journal: Journal | None = None) -> list[EntryResult]:
@@ -269,6 +274,7 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, b
     bar = tqdm(total=len(entries), desc="bench", disable=not progress, file=sys.stderr)
     for name, members in by_model.items():
         model = None
+        self_references: dict[tuple[int, int], torch.Tensor] = {}
         for entry in members:
             saved = journal.find(entry) if journal is not None else None
             if saved is not None:
@@ -278,7 +284,7 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Problem], *, b
                     model = loader(name)
                     _warm_up(model, members[0], problems[0], chat)
                 result = run_entry(model, entry, problems, batch_size=batch_size, seed=seed, chat=chat,
-                                   example=example, progress=progress)
+                                   example=example, progress=progress, self_references=self_references)
                 if journal is not None:
                     journal.add(entry, result.records, result.trajectory)
             results.append(result)
@@ -347,8 +353,6 @@ def _gen_lengths(text: str) -> list[int]:
 
 def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], list[tuple[matrix.Entry, str]]]:
     """The run's expanded entries and the default ones skipped (plugin not installed)."""
-    from dllm_strategies.registry import installed_models
-
     defaults = {"model": args.model}
     chosen: list[matrix.Entry] = []
     skipped: list[tuple[matrix.Entry, str]] = []
@@ -370,20 +374,22 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], lis
         chosen = kept
     chosen, _ = matrix.installed(chosen, optional=False)
     names = {e.model for e in chosen} | ({args.baseline_model} if args.baseline_model else set())
-    recommended = {name: (installed_models().get(name) or {}).get("block_length") for name in names}
+    recommended = {name: discovery.model_entry(name) and discovery.model_entry(name).get("block_length")
+                   for name in names}
     expanded = matrix.expand(chosen, _gen_lengths(args.gen_lengths), block_length=args.block_length,
                              block_lengths=recommended, baseline_model=args.baseline_model)
     return expanded, skipped
 
 
-def _problems(split: str, limit: int) -> tuple[list[Problem], str]:
+def _problems(split: str, limit: int) -> tuple[list[Any], str]:
     """The first ``limit`` problems (0: all) of ``split`` and how the report names them."""
+    task = discovery.task(TASK)
     if split == "validation":
-        problems = validation_problems()
-        where = "the validation split (task.validation_problems(), seed 0)"
+        problems = task.validation_problems()
+        where = f"the validation split of task {TASK!r} (validation_problems(), seed 0)"
     else:
-        problems = test_problems()
-        where = "dllm_strategies/arith/data/test.jsonl"
+        problems = task.test_problems()
+        where = f"the test split of task {TASK!r} ({Path(task.TEST_FILE).name})"
     problems = problems[:limit] if limit else problems
     return problems, f"first {len(problems)} of {where}"
 

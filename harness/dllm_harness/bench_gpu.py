@@ -41,7 +41,7 @@ from dllm_strategies import decode
 from dllm_strategies.errors import DllmError
 from dllm_strategies.models.adapter import DiffusionModel
 from dllm_strategies.models.families import LLADA
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.testing.reference import llada_reference
 
 from dllm_harness import metrics

@@ -19,11 +19,10 @@ import json
 
 import torch
 
-from dllm_strategies.arith.task import test_problems
-from dllm_strategies.arith.tokenizer import prompt_text
-from dllm_strategies.decode import Run
+from dllm_strategies import discovery
+from dllm_strategies.decode import Run, encode_prompts
 from dllm_strategies.models.tiny import tiny_model
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeState
 
 
@@ -50,20 +49,17 @@ def measure(batch: int = 32, gen_length: int = 1024, block_length: int = 32, hid
         torch.set_num_threads(threads)
     model = tiny_model(hidden_size=hidden, num_layers=layers, num_heads=4, seed=0,
                        max_positions=gen_length + 128)
-    tok = model.tokenizer
-    questions = [p.question for p in test_problems()[:batch]]
+    questions = [p.question for p in discovery.task("arith").test_problems()[:batch]]
     questions += questions[: batch - len(questions)] if len(questions) < batch else []
-    ids = tok([prompt_text(q, tok) for q in questions], add_special_tokens=False, padding=True,
-              return_tensors="pt")
-    config = DecodeConfig(gen_length=gen_length, block_length=block_length, mask_id=model.mask_id,
-                          fill_id=model.fill_id, eot_ids=model.eot_ids)
+    prompt, prompt_mask = encode_prompts(model, questions, chat=True)
+    config = DecodeConfig.for_model(model, gen_length=gen_length, block_length=block_length)
     gc.collect()
     start = rss_mb()
     peak, per_run, trace = start, [], []
     steps = 0
     with torch.inference_mode():
         for _ in range(repeats):
-            state = DecodeState.start(ids["input_ids"], ids["attention_mask"].bool(), config)
+            state = DecodeState.start(prompt, prompt_mask, config)
             run = Run.begin(build_strategy(spec), model, state)
             trace = []
             while not run.done:

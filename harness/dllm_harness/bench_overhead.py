@@ -1,4 +1,4 @@
-"""Overhead of the plugin decode loop over a plain reference loop (issue 2).
+"""Overhead of the plugin decode loop over a plain reference loop.
 
 Both decode the same prompt with the same model (a random 4-layer d=256 bidirectional Llama
 by default) with LLaDA's low-confidence semi-autoregressive algorithm: the plain loop is
@@ -18,11 +18,10 @@ import time
 
 import torch
 
-from dllm_strategies import decode
-from dllm_strategies.arith.task import test_problems
-from dllm_strategies.arith.tokenizer import prompt_text
+from dllm_strategies import decode, discovery
+from dllm_strategies.decode import encode_prompts
 from dllm_strategies.models.tiny import tiny_model
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.testing.reference import llada_reference
 
 
@@ -31,11 +30,10 @@ def measure(batch: int, gen_length: int, block_length: int, hidden: int, layers:
     if threads:
         torch.set_num_threads(threads)
     model = tiny_model(hidden_size=hidden, num_layers=layers, num_heads=4, seed=0)
-    tok = model.tokenizer
-    questions = [p.question for p in test_problems()[:batch]]
-    ids = [tok(prompt_text(q, tok), add_special_tokens=False)["input_ids"] for q in questions]
-    width = min(map(len, ids))
-    prompt = torch.tensor([row[-width:] for row in ids])  # equal lengths: the plain loop has no padding
+    questions = [p.question for p in discovery.task("arith").test_problems()[:batch]]
+    ids, mask = encode_prompts(model, questions, chat=True)
+    width = int(mask.sum(1).min())
+    prompt = ids[:, -width:]  # equal lengths: the plain loop has no padding
     steps = gen_length
 
     def plain():

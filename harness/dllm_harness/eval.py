@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from dllm_strategies.errors import ConfigError, DllmError
+from dllm_strategies.strategy import Strategy
 
 DEFAULT_BATCH_SIZE = 16
 # lm-eval options the launcher sets itself: lm-eval's --model is always dllm (our --model names the
@@ -129,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from dllm_harness.local_tasks import rendered_tasks
     from lm_eval.__main__ import cli_evaluate
 
-    from dllm_strategies.registry import build_strategy
-
-    build_strategy(args.strategy)  # a bad spec fails before lm-eval starts
+    Strategy.parse(args.strategy)  # a bad spec fails before lm-eval starts
     with rendered_tasks() as local:
         argv = lm_eval_argv(args, local.files)
         saved = sys.argv

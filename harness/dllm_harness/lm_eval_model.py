@@ -54,16 +54,15 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from dllm_strategies import decode, encode_prompts
+from dllm_strategies import decode, discovery, encode_prompts
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.registry import build_strategy, installed_models
 from dllm_strategies.spec import format_spec, parse_spec
+from dllm_strategies.strategy import Strategy
 from dllm_harness import likelihood, metrics
 
 log = logging.getLogger("dllm_harness")
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a request names none
-DEFAULT_BLOCK_LENGTH = 32
 _GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
 
 
@@ -125,9 +124,12 @@ class DllmLM(LM):
             device = str(self.accelerator.device)
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"dllm: device {device!r} was asked for but CUDA is not available; pass --device cpu")
-        recommended = (installed_models().get(pretrained) or {}) if isinstance(pretrained, str) else {}
-        self.strategy = strategy if strategy is not None else (recommended.get("strategy") or "")
-        build_strategy(self.strategy)  # a bad spec fails here, before the model loads
+        decoding = discovery.recommended_decoding(pretrained if isinstance(pretrained, str) else None,
+                                                  strategy=strategy,
+                                                  block_length=None if block_length is None else
+                                                  _as_int("block_length", block_length))
+        self.strategy = decoding.strategy
+        Strategy.parse(self.strategy)  # a bad spec fails here, before the model loads
         if isinstance(pretrained, str):
             from dllm_strategies import load_model
 
@@ -138,8 +140,7 @@ class DllmLM(LM):
             self.model = pretrained
             self.pretrained = getattr(pretrained, "name", "") or type(pretrained).__name__
         self._block_given = block_length is not None
-        self.block_length = _as_int("block_length", block_length or recommended.get("block_length")
-                                    or DEFAULT_BLOCK_LENGTH)
+        self.block_length = decoding.block_length
         self._device = self.model.device
         self.dtype = dtype
         self.costs: list[metrics.RequestCost] = []

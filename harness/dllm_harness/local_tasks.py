@@ -2,12 +2,12 @@
 
 lm-eval resolves relative ``data_files`` against the working directory, so the YAML files under
 ``dllm_harness/tasks/<task>/`` are templates: :func:`render_tasks` writes them into a directory
-with absolute paths (and the answer regex of :mod:`dllm_strategies.arith.task`), plus the
+with absolute paths (and the answer regex of :mod:`dllm_arith.task`), plus the
 multiple-choice data file it builds from the held-out split.  Both tasks read local JSON files
 only (``dataset_path: json``), so they run with ``HF_DATASETS_OFFLINE=1``.
 
 * ``dllm_arith``: generate a worked solution for each held-out problem; ``exact_match`` of the
-  ``#### N`` number (``strict-match``, the same regex as ``dllm_strategies.arith.task.extract_answer``)
+  ``#### N`` number (``strict-match``, the same regex as ``dllm_arith.task.extract_answer``)
   and of the last number in the text (``flexible-extract``), as lm-eval's GSM8K does.
 * ``dllm_arith_mc``: the gold worked solution against three copies whose last step and final answer
   are wrong (off by 1 to 3), scored by log-likelihood (``acc``).
@@ -21,13 +21,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 
-from dllm_strategies.arith import task
+from dllm_strategies import discovery
 from dllm_strategies.errors import ConfigError
 
 TEMPLATES = Path(__file__).parent / "tasks"
+TASK = "arith"  # the registered task (dllm_tasks hook) these lm-eval tasks are rendered from
 LOCAL_TASKS = ("dllm_arith", "dllm_arith_mc")
 MC_SEED = 7
 MC_WRONG = 3
@@ -39,7 +41,7 @@ def _yaml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def wrong_solution(problem: task.Problem, wrong: int) -> str:
+def wrong_solution(problem: Any, wrong: int) -> str:
     """``problem.solution`` with its last result and final answer replaced by ``wrong``."""
     ending = f"= {problem.answer} . #### {problem.answer}"
     if not problem.solution.endswith(ending):
@@ -48,7 +50,7 @@ def wrong_solution(problem: task.Problem, wrong: int) -> str:
     return f"{problem.solution[:-len(ending)]}= {wrong} . #### {wrong}"
 
 
-def mc_choices(problem: task.Problem, rng: random.Random) -> tuple[list[str], int]:
+def mc_choices(problem: Any, rng: random.Random) -> tuple[list[str], int]:
     """Four solutions (the gold one at a random place) and the gold one's index."""
     candidates = [problem.answer + d for d in _OFFSETS if problem.answer + d >= 0]
     wrong = rng.sample(candidates, MC_WRONG)
@@ -58,7 +60,7 @@ def mc_choices(problem: task.Problem, rng: random.Random) -> tuple[list[str], in
     return choices, label
 
 
-def mc_rows(problems: Sequence[task.Problem], seed: int = MC_SEED) -> list[dict]:
+def mc_rows(problems: Sequence[Any], seed: int = MC_SEED) -> list[dict]:
     """The multiple-choice documents, deterministic in ``seed``."""
     rng = random.Random(seed)
     rows = []
@@ -87,13 +89,15 @@ class RenderedTasks:
         return TaskManager(include_path=str(self.directory), include_defaults=include_defaults)
 
 
-def render_tasks(directory: str | Path, test_file: str | Path = task.TEST_FILE) -> RenderedTasks:
-    """Write the local tasks into ``directory`` with absolute paths."""
+def render_tasks(directory: str | Path, test_file: str | Path | None = None) -> RenderedTasks:
+    """Write the local tasks into ``directory`` with absolute paths (``test_file``: the registered
+    task's held-out split by default)."""
+    task = discovery.task(TASK)
     directory = Path(directory).resolve()
-    test_file = Path(test_file).resolve()
+    test_file = Path(test_file if test_file is not None else task.TEST_FILE).resolve()
     if not test_file.is_file():
         raise ConfigError(f"held-out file {test_file} does not exist; regenerate it with "
-                          "dllm_strategies.arith.task.write_test_split()")
+                          "dllm_arith.task.write_test_split()")
     with test_file.open() as f:
         problems = [task.Problem(**json.loads(line)) for line in f if line.strip()]
     mc_file = directory / "dllm_arith_mc" / "dllm_arith_mc.jsonl"
@@ -116,7 +120,7 @@ def render_tasks(directory: str | Path, test_file: str | Path = task.TEST_FILE) 
 
 
 @contextmanager
-def rendered_tasks(test_file: str | Path = task.TEST_FILE) -> Iterator[RenderedTasks]:
+def rendered_tasks(test_file: str | Path | None = None) -> Iterator[RenderedTasks]:
     """The local tasks rendered into a temporary directory, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="dllm-tasks-") as tmp:
         yield render_tasks(tmp, test_file)

@@ -20,13 +20,14 @@ from typing import Any
 
 import attrs
 
+from dllm_strategies import discovery
 from dllm_strategies.errors import ConfigError, DllmError, SpecError
-from dllm_strategies.registry import resolve
+from dllm_strategies.strategy import Strategy
 from dllm_strategies.spec import SpecItem, format_spec, parse_spec
 
 BASELINE_METHOD = "low_confidence"
 DEFAULT_GEN_LENGTHS = (64, 256)
-DEFAULT_BLOCK_LENGTH = 32
+DEFAULT_BLOCK_LENGTH = discovery.DEFAULT_BLOCK_LENGTH
 
 # The default matrix: the baseline's own parallel variants, the two confidence rules, and the
 # compositions that the papers pair them with (kept only when their plugins are installed).
@@ -233,7 +234,7 @@ def installed(entries: Iterable[Entry], *, optional: bool) -> tuple[list[Entry],
     keep, skipped = [], []
     for entry in entries:
         try:
-            resolve(entry.spec)
+            Strategy.parse(entry.spec)
         except (SpecError, DllmError) as exc:
             if not optional:
                 raise ConfigError(f"bench entry {entry.display!r}: {exc}") from exc

@@ -6,14 +6,17 @@ import attrs
 import torch
 
 from dllm_strategies import hookimpl, ops
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 
 _unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+#: dParallel's ``torch.log(p + 1e-12)`` in its entropy threshold
+DPARALLEL_EPS = 1e-12
 
 
 class Threshold(Plugin):
     """Fast-dLLM's confidence-threshold parallel decoding: in the current block commit every
-    masked position whose confidence exceeds ``tau``, and always at least the best-scored one.
+    masked position whose confidence is at least ``tau`` (their code drops a candidate only
+    when it is below), and always at least the best-scored one.
     (Wu et al., "Fast-dLLM", arXiv 2505.22618.)"""
 
     @attrs.frozen
@@ -23,14 +26,16 @@ class Threshold(Plugin):
     @hookimpl
     def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
         window = plan.window(state)
-        sure = window & (proposal.confidence > self.options.tau)
+        sure = window & (proposal.confidence >= self.options.tau)
         return sure | ops.best_mask(proposal.scores, window)
 
 
 class EntropyThreshold(Plugin):
     """The entropy threshold dParallel pairs with its distilled models: commit the
     lowest-entropy masked position of the block, plus every other one with entropy
-    ``H = -sum p log p`` below ``tau`` (0.5; 0.45 for MBPP).
+    ``H = -sum p log p`` at most ``tau`` (0.5; 0.45 for MBPP).  ``H`` is computed as their code
+    computes it, ``-sum p * log(p + 1e-12)`` of a float64 softmax, so a position near the
+    threshold or a near-tie for the lowest entropy is decided as theirs is.
     (Chen et al., "dParallel", arXiv 2509.26488.)"""
 
     @attrs.frozen
@@ -41,5 +46,6 @@ class EntropyThreshold(Plugin):
     def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
         window = plan.window(state)
         logits = proposal.logits
-        h = logits.widen(ops.entropy(logits.values), float("inf"), state.config.gen_length)
-        return (window & (h < self.options.tau)) | ops.best_mask(-h, window)
+        entropy = ops.reference_entropy(logits.values, eps=DPARALLEL_EPS, dtype=torch.float64)
+        h = logits.widen(entropy, float("inf"), state.config.gen_length)
+        return (window & (h <= self.options.tau)) | ops.best_mask(-h, window)

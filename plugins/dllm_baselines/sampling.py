@@ -6,7 +6,7 @@ import attrs
 import torch
 
 from dllm_strategies import hookimpl, ops
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 
 
 class Gumbel(Plugin):

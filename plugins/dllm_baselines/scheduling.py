@@ -7,7 +7,7 @@ import torch
 
 from dllm_strategies import hookimpl
 from dllm_strategies.defaults import semi_ar_plan
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 
 
 class TopK(Plugin):

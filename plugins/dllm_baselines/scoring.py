@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 
 from dllm_strategies import hookimpl, ops
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
+
+
+#: Dream's ``torch.log(probs + 1e-10)`` in its ``entropy`` score
+DREAM_EPS = 1e-10
 
 
 class LowConfidence(Plugin):
@@ -45,8 +49,10 @@ class Margin(Plugin):
 
 class NegativeEntropy(Plugin):
     """Dream's ``entropy``: score = negative entropy of the position's distribution, so the
-    most certain positions commit first. (Ye et al., arXiv 2508.15487.)"""
+    most certain positions commit first.  Computed as Dream computes it,
+    ``sum p * log(p + 1e-10)`` in the logits' dtype, so rankings match theirs.
+    (Ye et al., arXiv 2508.15487.)"""
 
     @hookimpl
     def dllm_score(self, logits) -> torch.Tensor:
-        return -ops.entropy(logits.values)
+        return -ops.reference_entropy(logits.values, eps=DREAM_EPS)

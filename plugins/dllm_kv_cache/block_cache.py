@@ -1,48 +1,66 @@
 """The forward shared by the prefix and the dual cache (Fast-dLLM's approximate KV cache).
 
-Each step is one of two forwards, both through ``model.logits`` (so the core meters them):
+Every row's cache is its own: filled by a full forward over that row, refreshed at that row's
+block boundaries (see :mod:`dllm_kv_cache.snapshot`), whatever the other rows of the batch do.
+A step runs at most two forwards, both through ``model.logits`` with ``rows=`` naming the rows
+that take part (the core charges each row's NFE only for the forwards it took part in):
 
-* **refresh**: when there is no cache or what it was built for no longer holds (see
-  :mod:`dllm_kv_cache.snapshot`), one full forward over prompt + live response, exactly the
+* **refresh**: the rows with no cache or a stale one, together (rows that cross a block boundary
+  at the same step share it): one full forward over their prompt + live response, exactly the
   core's default forward (2-D attention mask, position ids from it), with a ``DynamicCache``
-  that keeps every layer's keys and values.  Its logits are this step's logits; its keys and
-  values become the cache.
-* **reuse**: otherwise, feed only the fresh span of response columns with the cache.  Each
-  layer writes the span's new keys and values into the cache in place and attends to all
-  positions; a 4-D mask (rows, 1, fed, prompt + width) hides left padding and cut positions,
-  so the keys a row sees are exactly those of the default forward.  Position ids are each
-  row's real prompt length plus the response column, as the default forward's.  The core
-  counts a 4-D-masked call as the positions fed (rows x span), the real cost.
+  that keeps every layer's keys and values.  Its logits are those rows' logits; its keys and
+  values become their cache.
+* **reuse**: the other rows, together: feed the union of their fresh spans of response columns
+  with the cache.  Each layer writes, per row, only that row's own span's new keys and values;
+  the rest of the union keeps the row's cached ones, so every row attends to exactly the keys it
+  would attend to alone.  A 4-D mask (rows, 1, fed, prompt + width) hides left padding and cut
+  positions; position ids are each row's real prompt length plus the response column, as the
+  default forward's.  The core counts a 4-D-masked call as the positions fed (rows x union).
+
+The step's :class:`~dllm_strategies.state.Logits` say per row (``cover``) which columns the row
+has: a refresh row its live response, a reuse row its window up to its fresh stop, as it would
+decoded alone.  So a greedy row's tokens, steps and NFE never depend on its batch.
 
 Right after a refresh, on an unchanged state, a reuse forward gives the default forward's
 logits exactly (tests check it); as tokens are committed, cached keys go stale until the next
 refresh: that is the approximation.
 
-Shifted families (Dream) score column j from position j - 1, so the fresh span starts one
-column earlier than the earliest window (the last prompt token for the first block); its logits
-are then exact in the same sense.
+Shifted families (Dream) score column j from position j - 1, so a row's fresh span starts one
+column earlier than its window (the last prompt token for the first block); its logits are then
+exact in the same sense.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import attrs
 import torch
 from transformers.cache_utils import DynamicCache
 
-from dllm_strategies import hookimpl
+from dllm_strategies import DecodeState, Logits, Plan, Plugin, hookimpl
 from dllm_strategies.defaults import model_inputs
-from dllm_strategies.registry import Plugin
-from dllm_strategies.state import DecodeState, Logits, Plan
 
 from dllm_kv_cache.fresh_span import FreshSpanCache
 from dllm_kv_cache.snapshot import CacheSnapshot
 from dllm_kv_cache.support import CacheableModel, require_cacheable
 
 
+@attrs.frozen
+class _Part:
+    """One forward's share of a step: its rows (positions in the state), their logits for
+    columns ``[start, start + W)``, and each row's own columns ``[lo, hi)`` among them."""
+
+    rows: torch.Tensor = attrs.field(eq=False)
+    values: torch.Tensor = attrs.field(eq=False)
+    start: int
+    lo: torch.Tensor = attrs.field(eq=False)
+    hi: torch.Tensor = attrs.field(eq=False)
+
+
 class BlockCache(Plugin):
     """Base of :class:`~dllm_kv_cache.prefix.PrefixCache` and :class:`~dllm_kv_cache.dual.DualCache`:
-    Fast-dLLM's block-refreshed approximate KV cache (Wu et al., arXiv 2505.22618).
+    Fast-dLLM's block-refreshed approximate KV cache (Wu et al., arXiv 2505.22618), one cache per row.
 
     Subclasses set ``name`` (the entry-point name, for messages) and ``keep_suffix`` (cache the
     positions after the block too).  One instance serves one run (per-run state on ``self``).
@@ -69,48 +87,93 @@ class BlockCache(Plugin):
         if self.model_facts is None:  # called outside a run (e.g. directly in a test)
             self.model_facts = require_cacheable(self.name, model)
         with torch.no_grad():
-            index = self.snapshot.match(state, plan) if self.snapshot is not None else None
-            if index is not None:
-                self._follow(index)
-                return self._reuse(model, state)
-            return self._refresh(model, state, plan)
+            stale = self._follow(state, plan)
+            # one host synchronisation: the stale rows first, each group in batch order
+            order = torch.argsort((~stale).to(torch.uint8), stable=True)
+            count = int(stale.sum())
+            refresh, reuse = order[:count], order[count:]
+            parts = []
+            if count:
+                parts.append(self._refresh(model, state, plan, refresh, stale))
+            if reuse.numel():
+                parts.append(self._reuse(model, state, reuse))
+            return _assemble(parts, state)
+
+    # ---- which rows still have a cache that serves them --------------------------------------
+    def _follow(self, state: DecodeState, plan: Plan) -> torch.Tensor:
+        """(B,) bool: rows to refresh.  Drops the cached rows that left the batch (finished)."""
+        snap = self.snapshot
+        index = snap.index(state) if snap is not None else None
+        if index is None:
+            return torch.ones(state.batch_size, dtype=torch.bool, device=state.device)
+        if index.numel() != snap.rows.numel():
+            self.kv.select(index)
+            self.snapshot = snap = snap.take(index)
+        return snap.stale(state, plan)
 
     # ---- the two forwards ----------------------------------------------------------------
-    def _refresh(self, model, state: DecodeState, plan: Plan) -> Logits:
+    def _refresh(self, model, state: DecodeState, plan: Plan, rows: torch.Tensor, stale: torch.Tensor) -> _Part:
         facts = self.model_facts
-        self.snapshot, self.kv = None, None  # release the old keys and values before filling new ones
-        width = int(state.live_length.max())
-        ids, attention, positions = model_inputs(state, width)
+        whole = rows.numel() == state.batch_size
+        if whole:
+            self.snapshot, self.kv = None, None  # release the old keys and values before filling new ones
+        part = state if whole else state.take(rows)
+        width = int(part.live_length.max())
+        ids, attention, positions = model_inputs(part, width)
         filled = DynamicCache()
         values = model.logits(ids, attention_mask=attention, position_ids=positions, logits_to_keep=width,
-                              past_key_values=filled, use_cache=True)
-        self.snapshot = CacheSnapshot.build(state, plan, width=width, keep_suffix=self.keep_suffix,
-                                            shifted=facts.shifted)
-        self.kv = FreshSpanCache.from_filled(filled)
-        prompt_width = state.prompt.shape[1]
-        self.kv.set_span(prompt_width + self.snapshot.fresh_start, prompt_width + self.snapshot.fresh_stop)
-        return Logits(values=values, start=0)
+                              rows=rows, use_cache=True, **{facts.cache_keyword: filled})
+        if whole:
+            self.kv = FreshSpanCache.from_filled(filled)
+            self.snapshot = CacheSnapshot.build(state, plan, width=width, keep_suffix=self.keep_suffix,
+                                                shifted=facts.shifted)
+        else:  # the other rows keep their caches; live lengths never grow, so the buffer is wide enough
+            self.kv.overwrite(rows, filled)
+            self.snapshot = self.snapshot.renew(state, plan, stale, shifted=facts.shifted)
+        return _Part(rows=rows, values=values, start=0, lo=torch.zeros_like(part.live_length), hi=part.live_length)
 
-    def _reuse(self, model, state: DecodeState) -> Logits:
+    def _reuse(self, model, state: DecodeState, rows: torch.Tensor) -> _Part:
         snap, facts = self.snapshot, self.model_facts
+        whole = rows.numel() == state.batch_size
+        part = state if whole else state.take(rows)
+        starts, stops, prompt_length = (t.index_select(0, rows) for t in (snap.fresh_start, snap.fresh_stop,
+                                                                            snap.prompt_length))
+        lo, hi, latest, earliest = torch.stack([starts.min(), stops.max(), starts.max(), stops.min()]).tolist()
+        shift = int(facts.shifted)
         P = state.prompt.shape[1]
-        lo, hi = snap.fresh_start, snap.fresh_stop
-        first = snap.scored_start  # lo is one column earlier for a shifted family (-1: the last prompt token)
-        sequence = torch.cat([state.prompt, state.response], 1)
-        ids = sequence[:, P + lo:P + hi]
+        ids = torch.cat([part.prompt, part.response], 1)[:, P + lo:P + hi]
         columns = torch.arange(lo, hi, device=state.device)
-        positions = snap.prompt_length[:, None] + columns[None, :]
-        visible = torch.cat([state.prompt_mask, state.live[:, :snap.width]], 1)  # (B, P + width)
+        positions = prompt_length[:, None] + columns[None, :]
+        visible = torch.cat([part.prompt_mask, part.live[:, :snap.width]], 1)  # (rows, P + width)
         mask = visible[:, None, None, :].expand(-1, 1, hi - lo, -1).contiguous()  # as transformers builds its own
         if facts.additive_mask:
             mask = torch.zeros(mask.shape, dtype=facts.dtype, device=state.device).masked_fill(
                 ~mask, torch.finfo(facts.dtype).min)
-        values = model.logits(ids, attention_mask=mask, position_ids=positions, logits_to_keep=hi - first,
-                              past_key_values=self.kv, use_cache=True)
-        return Logits(values=values, start=first)
+        # rows whose own span is narrower than the union take the rest of it from their cache
+        own = None if (latest, earliest) == (lo, hi) else (columns >= starts[:, None]) & (columns < stops[:, None])
+        self.kv.set_span(P + lo, P + hi, rows=None if whole else rows, own=own)
+        values = model.logits(ids, attention_mask=mask, position_ids=positions, logits_to_keep=hi - lo - shift,
+                              rows=rows, use_cache=True, **{facts.cache_keyword: self.kv})
+        return _Part(rows=rows, values=values, start=lo + shift, lo=starts + shift, hi=stops)
 
-    def _follow(self, index: torch.Tensor) -> None:
-        """Drop the cached rows that left the batch (finished rows)."""
-        if index.numel() != self.snapshot.rows.numel():
-            self.kv.select(index)
-            self.snapshot = self.snapshot.take(index)
+
+def _assemble(parts: list[_Part], state: DecodeState) -> Logits:
+    """The step's logits from its forwards, with each row's own columns as ``cover`` (None when
+    every row has every column)."""
+    B = state.batch_size
+    if len(parts) == 1:
+        values, start = parts[0].values, parts[0].start  # all rows, in batch order
+    else:
+        start = min(p.start for p in parts)
+        stop = max(p.start + p.values.shape[1] for p in parts)
+        values = parts[0].values.new_zeros(B, stop - start, parts[0].values.shape[2])
+        for p in parts:
+            values[p.rows, p.start - start:p.start - start + p.values.shape[1]] = p.values
+    lo = torch.zeros(B, dtype=torch.long, device=state.device)
+    hi = torch.zeros(B, dtype=torch.long, device=state.device)
+    for p in parts:
+        lo.index_copy_(0, p.rows, p.lo.long())
+        hi.index_copy_(0, p.rows, p.hi.long())
+    columns = start + torch.arange(values.shape[1], device=state.device)
+    cover = (columns[None, :] >= lo[:, None]) & (columns[None, :] < hi[:, None])
+    return Logits(values=values, start=start, cover=None if bool(cover.all()) else cover)

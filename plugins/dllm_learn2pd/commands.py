@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 
+from dllm_arith import task
 from dllm_strategies.hookspecs import hookimpl
 
 
@@ -34,9 +35,10 @@ def dllm_commands(subparsers) -> None:
     p.add_argument("--hidden", type=int, default=None, help="hidden width (default: the block length)")
     p.add_argument("--threshold", type=float, default=0.96, help="accept threshold stored with the filter")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-ops", type=int, default=4)
-    p.add_argument("--max-operand", type=int, default=9)
-    p.add_argument("--forms", type=int, default=2, choices=(0, 1, 2))
+    p.add_argument("--oracle-stall", choices=("argmax", "no_match"), default="argmax",
+                   help="the oracle's stall rule (egp_oracle(stall=...)): argmax, the authors' (default), or "
+                        "no_match, the rule the shipped filter was trained with")
+    task.add_difficulty_arguments(p)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -48,7 +50,6 @@ def _train_filter(args: argparse.Namespace) -> int:
     import torch
 
     from dllm_strategies import load_model
-    from dllm_strategies.arith.task import Difficulty
     from dllm_strategies.errors import ConfigError
 
     from dllm_learn2pd.training import FilterTraining, train_filter
@@ -56,14 +57,14 @@ def _train_filter(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        difficulty = Difficulty(max_ops=args.max_ops, max_operand=args.max_operand, forms=args.forms)
+        difficulty = task.difficulty_from_args(args)
     except ValueError as exc:
         raise ConfigError(f"train-filter: bad task difficulty: {exc}") from exc
     config = FilterTraining(
         gen_lengths=args.gen_length, prompts=args.prompts, val_prompts=args.val_prompts,
         block_length=args.block_length, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, hidden=args.hidden, threshold=args.threshold, seed=args.seed,
-        chat=not args.raw, difficulty=difficulty,
+        oracle_stall=args.oracle_stall, chat=not args.raw, difficulty=difficulty,
     )
     model = load_model(args.model, device=args.device)
     command = _command_line(args)

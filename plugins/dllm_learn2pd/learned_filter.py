@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import torch
 
 from dllm_strategies import hookimpl, ops
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 
-from dllm_learn2pd.features import block_confidences, place_block
+from dllm_learn2pd.accepted import FilterCommit
+from dllm_learn2pd.features import PADDING, block_confidences, place_block
 from dllm_learn2pd.filter_model import load_filter
 
 
@@ -28,9 +30,12 @@ class LearnedFilter(Plugin):
     accepts a still-masked position when ``sigmoid(logit) > threshold`` (the paper's 0.96; the
     threshold stored with the filter, 0.995 for the shipped one).  The step commits
     the union of the accepted positions and the baseline's own top-k for the step (the schedule's
-    budget, as LLaDA's low-confidence remasking would), so progress never depends on the filter.
-    The filter's width must equal the block length.  Train one with ``dllm-strategies
-    train-filter`` (docs/learn2pd.md).
+    budget, as LLaDA's low-confidence remasking would), so progress never depends on the filter;
+    it returns a :class:`~dllm_learn2pd.accepted.FilterCommit` whose ``accepted`` are the
+    network's positions alone, which ``eot`` reads.  Block positions cut by End-of-Text
+    truncation read 0 (``padding="zero"``, the authors' zero-padding of a shortened block) or 1.0
+    (``padding="settled"``).  The filter's width must equal the block length.  Train one with
+    ``dllm-strategies train-filter`` (docs/learn2pd.md).
     """
 
     @attrs.frozen
@@ -39,10 +44,15 @@ class LearnedFilter(Plugin):
             path: a filter file (``.safetensors`` with its ``.json``); none: the shipped default.
             threshold: accept threshold on the filter's sigmoid; none: the file's (0.995 for
                 the shipped filter).
+            padding: the feature of a block position cut by End-of-Text truncation (or not
+                covered by the step's logits): ``"zero"`` (the authors') or ``"settled"`` (1.0,
+                a settled position, this plugin's value before it followed the authors' code).
         """
 
         path: Path | None = None
         threshold: float | None = attrs.field(default=None, validator=_threshold)
+        padding: Literal["zero", "settled"] = attrs.field(
+            default="zero", validator=attrs.validators.in_(tuple(PADDING)))
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -62,11 +72,12 @@ class LearnedFilter(Plugin):
         self.network = self.filter.network.to(state.device)
 
     @hookimpl
-    def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
+    def dllm_remask(self, state, proposal, plan) -> FilterCommit:
         G, width = state.config.gen_length, self.filter.width
         window = plan.window(state)
-        features = block_confidences(proposal.logits, plan.window_start, width, state.live_length, G)
+        features = block_confidences(proposal.logits, plan.window_start, width, state.live_length, G,
+                                     pad=PADDING[self.options.padding])
         with torch.no_grad():
             accept = torch.sigmoid(self.network(features)) > self.threshold
         accepted = place_block(accept, plan.window_start, G, False) & window
-        return accepted | ops.top_k_mask(proposal.scores, plan.budget, window)
+        return FilterCommit(mask=accepted | ops.top_k_mask(proposal.scores, plan.budget, window), accepted=accepted)

@@ -18,7 +18,7 @@ import torch
 
 from dllm_strategies.decode import run
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeState
 
 
@@ -66,25 +66,6 @@ class ReferenceCache:
             rows.append(table[key])
         self._trim(table)
         return torch.stack(rows).to(prompt.device)
-
-    def remember(self, model: Any, prompt: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor, *,
-                 gen_length: int, block_length: int, mask_id: int) -> None:
-        """Keep (B, G) ``responses`` that the caller decoded exactly as :func:`self_reference`
-        would (low-confidence, one token per step, greedy, these lengths) as the prompts'
-        self-references, so the oracle does not decode them again (the bench hands over its
-        baseline this way).  Does nothing for a model that cannot be referenced weakly."""
-        if responses.shape != (prompt.shape[0], gen_length):
-            raise ConfigError(f"responses must have shape ({prompt.shape[0]}, {gen_length}) (batch, gen_length), "
-                              f"got {tuple(responses.shape)}")
-        if bool((responses == mask_id).any()):
-            raise ConfigError(f"a self-reference must be a complete response, but one holds the mask token {mask_id}")
-        table = self._table(model)
-        if table is None:
-            return
-        for key, row in zip(_keys(prompt, prompt_mask, gen_length, block_length, mask_id), responses, strict=True):
-            table[key] = row.detach().clone()
-            table.move_to_end(key)
-        self._trim(table)
 
     def _table(self, model: Any) -> OrderedDict | None:
         """The model's table of references, None for a model that cannot be referenced weakly."""

@@ -5,7 +5,11 @@ the EGP oracle against its own standard decode; at every oracle step, for each o
 block's positions, the feature is the top-1 softmax confidence (committed or not) and the label
 is ``argmax == reference``.  Training: binary cross-entropy, AdamW (lr 3e-3), the full data set
 as one batch, many epochs.  Here the prompts are the synthetic task's (chat template, the shipped
-test questions excluded), generation 64 and block 32 by default.  Several generation lengths may
+test questions excluded), generation 64 and block 32 by default.  The oracle stalls as the
+authors' does (``egp_oracle(stall=argmax)``; ``oracle_stall`` chooses).  Features are read exactly
+as ``learned_filter`` reads them while decoding (:func:`~dllm_learn2pd.features.block_confidences`
+with the same zero padding); the oracle runs without End-of-Text truncation and its logits cover
+the whole response, so no training feature is ever padded, as in the authors' data.  Several generation lengths may
 be collected into one data set (``gen_lengths``, a prompt count each): a filter meant for long
 generations then also sees the blocks a short one never has, e.g. whole blocks of end-of-text.
 """
@@ -16,22 +20,29 @@ import datetime
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
 
-from dllm_strategies.arith import task
+from dllm_arith import task
 from dllm_strategies.decode import Run, encode_prompts
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeState
 
-from dllm_learn2pd.features import block_columns, block_confidences
+from dllm_learn2pd.features import ZERO, block_columns, block_confidences
 from dllm_learn2pd.filter_model import DEFAULT_THRESHOLD, FilterMLP, save_filter
 from dllm_learn2pd.reference import self_reference
 
-ORACLE = "egp_oracle(reference=given)"
+STALLS = ("argmax", "no_match")
+
+
+def oracle_spec(stall: str = "argmax") -> str:
+    """The oracle that labels the steps: EGP against the reference :func:`collect` hands it."""
+    if stall not in STALLS:
+        raise ConfigError(f"filter training: oracle stall rule must be one of {', '.join(STALLS)}, got {stall!r}")
+    return f"egp_oracle(reference=given,stall={stall})"
 
 
 def _at_least(low: float):
@@ -48,6 +59,10 @@ def _each(check):
             check(instance, attribute, value)
 
     return each
+
+
+def _stall(instance, attribute, value) -> None:
+    oracle_spec(value)
 
 
 def _unit(instance, attribute, value) -> None:
@@ -73,6 +88,8 @@ class FilterTraining:
         hidden: hidden width of the MLP (None: the block length, as in the paper).
         threshold: accept threshold stored with the filter (and used for the reported metrics).
         seed: seed of the prompts and of the MLP's initialisation.
+        oracle_stall: the oracle's stall rule (``egp_oracle(stall=...)``): ``"argmax"`` (the
+            authors') or ``"no_match"`` (the rule the shipped filter was trained with).
         chat: wrap prompts in the tokenizer's chat template.
         difficulty: the synthetic task's knobs.
     """
@@ -88,6 +105,7 @@ class FilterTraining:
     hidden: int | None = attrs.field(default=None, validator=attrs.validators.optional(_at_least(1)))
     threshold: float = attrs.field(default=DEFAULT_THRESHOLD, validator=_unit)
     seed: int = 0
+    oracle_stall: Literal["argmax", "no_match"] = attrs.field(default="argmax", validator=_stall)
     chat: bool = True
     difficulty: task.Difficulty = task.Difficulty()
 
@@ -137,26 +155,27 @@ def split_prompts(config: FilterTraining) -> tuple[list[str], list[str]]:
 @torch.no_grad()
 def collect(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], *, gen_length: int = 64,
             block_length: int = 32, batch_size: int = 64, chat: bool = True, seed: int = 0,
-            progress: bool = False) -> OracleSteps:
-    """Decode ``prompts`` with the EGP oracle against the model's own 1-token-per-step decode and
-    record every step (see :class:`OracleSteps`)."""
+            stall: str = "argmax", progress: bool = False) -> OracleSteps:
+    """Decode ``prompts`` with the EGP oracle (stall rule ``stall``) against the model's own
+    1-token-per-step decode and record every step (see :class:`OracleSteps`)."""
     from tqdm.auto import tqdm
 
     width, G = block_length, gen_length
+    oracle = oracle_spec(stall)
     features, labels, masked = [], [], []
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     for batch in tqdm(batches, desc="oracle labels", disable=not progress, file=sys.stderr):
         ids, mask = encode_prompts(model, batch, chat=chat)
         ids, mask = ids.to(model.device), mask.to(model.device)
-        config = DecodeConfig(gen_length=G, block_length=block_length, steps=G, mask_id=model.mask_id,
-                              fill_id=model.fill_id, eot_ids=tuple(model.eot_ids), seed=seed)
+        config = DecodeConfig.for_model(model, gen_length=G, block_length=block_length, steps=G, seed=seed)
         reference = self_reference(model, ids, mask, config)
-        run = Run.begin(build_strategy(ORACLE), model, DecodeState.start(ids, mask, config, reference=reference))
+        run = Run.begin(build_strategy(oracle), model, DecodeState.start(ids, mask, config, reference=reference))
         while not run.done:
             record = run.step()
             before, start = record.before, record.plan.window_start
             cols = block_columns(start, width).clamp(max=G - 1)
-            features.append(block_confidences(record.proposal.logits, start, width, before.live_length, G).cpu())
+            features.append(block_confidences(record.proposal.logits, start, width, before.live_length, G,
+                                              pad=ZERO).cpu())
             hit = record.proposal.tokens == before.reference
             labels.append(hit.gather(1, cols).float().cpu())
             masked.append(before.masked.gather(1, cols).cpu())
@@ -237,7 +256,7 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
         raise ConfigError(f"--output must name a .safetensors file (its .json goes beside it), got {str(output)!r}")
     train_pool, val_pool = split_prompts(config)
     shared = {"block_length": config.block_length, "batch_size": config.batch_size, "chat": config.chat,
-              "seed": config.seed}
+              "seed": config.seed, "stall": config.oracle_stall}
     parts = {}
     for g, n in zip(config.gen_lengths, config.prompts):
         part = parts[g] = collect(model, train_pool[:n], gen_length=g, progress=progress, **shared)
@@ -249,9 +268,10 @@ def train_filter(model: Any, output: str | Path, config: FilterTraining = Filter
     facts: dict[str, Any] = {
         "paper": "arXiv 2509.25188 (Learn2PD)", "model": model_name, "command": command,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "task": "dllm_strategies.arith synthetic problems, test split excluded",
+        "task": "dllm_arith synthetic problems, test split excluded",
         "difficulty": attrs.asdict(config.difficulty),
         **{k: v for k, v in attrs.asdict(config, recurse=False).items() if k != "difficulty"},
+        "oracle": oracle_spec(config.oracle_stall), "feature_padding": "zero",
         "steps_collected": len(train), "first_loss": losses[0], "final_loss": losses[-1],
         "train": metrics(network, train, config.threshold),
     }

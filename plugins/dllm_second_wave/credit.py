@@ -7,7 +7,7 @@ import attrs
 import torch
 
 from dllm_strategies import hookimpl
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 from dllm_strategies.state import DecodeState, Logits, Plan, Proposal
 
 from dllm_second_wave.validate import non_negative, positive, unit

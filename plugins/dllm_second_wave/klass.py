@@ -6,7 +6,7 @@ import attrs
 import torch
 
 from dllm_strategies import hookimpl, ops
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 from dllm_strategies.state import DecodeState, Plan, Proposal
 
 from dllm_second_wave.validate import count, non_negative, unit
@@ -51,7 +51,7 @@ class Klass(Plugin):
         rows, G = state.rows, state.config.gen_length
         logits = proposal.logits
         logp = torch.log_softmax(logits.values.detach().float(), dim=-1)  # kept across steps
-        covered = logits.span(G, state.device)[None, :].expand(state.batch_size, -1)
+        covered = logits.reach(G, state.device)  # per row: a cache may cover rows' blocks differently
         current = logits.widen(logp, 0.0, G)
         previous, seen = self.previous[rows], self.seen[rows]
         divergence = (current.exp() * (current - previous)).sum(-1)

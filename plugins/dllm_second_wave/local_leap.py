@@ -7,7 +7,7 @@ import attrs
 import torch
 
 from dllm_strategies import hookimpl, ops
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 from dllm_strategies.state import DecodeState, Plan, Proposal
 
 from dllm_second_wave.validate import count, unit

@@ -10,7 +10,7 @@ import torch
 
 from dllm_strategies import hookimpl, ops
 from dllm_strategies.errors import ConfigError
-from dllm_strategies.registry import Plugin
+from dllm_strategies.plugin import Plugin
 from dllm_strategies.state import Commit, DecodeState, Plan, Proposal
 
 from dllm_second_wave.validate import count, non_negative

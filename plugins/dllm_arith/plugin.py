@@ -1,4 +1,5 @@
-"""What the core itself registers: the shipped ``default`` model and the ``train`` command."""
+"""Registration plugin of the synthetic arithmetic task: the shipped ``default`` model, the
+``arith`` task (the bench's and the lm-eval local tasks' problems) and the ``train`` command."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from dllm_strategies.hookspecs import hookimpl
+from dllm_arith import task as arith_task
+from dllm_strategies import hookimpl
+from dllm_strategies.errors import ConfigError
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
@@ -15,6 +18,11 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 def dllm_models(register) -> None:
     register("default", DEFAULT_MODEL_DIR, strategy=None,
              description="6-layer d=128 LLaDA-style model trained on the synthetic arithmetic task")
+
+
+@hookimpl
+def dllm_tasks(register) -> None:
+    register("arith", arith_task)
 
 
 @hookimpl
@@ -41,9 +49,7 @@ def dllm_commands(subparsers) -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate-size", type=int, default=384)
-    p.add_argument("--max-ops", type=int, default=4)
-    p.add_argument("--max-operand", type=int, default=9)
-    p.add_argument("--forms", type=int, default=2, choices=(0, 1, 2))
+    arith_task.add_difficulty_arguments(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
@@ -56,17 +62,22 @@ def dllm_commands(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Heavy modules load when the command runs, not at every CLI start.
     import torch
 
-    from dllm_strategies.arith import task
-    from dllm_strategies.arith.evaluate import accuracy
-    from dllm_strategies.arith.recipe import ModelShape, export_checkpoint, train_default
-    from dllm_strategies.models.loading import wrap_module
-    from dllm_strategies.training.sft import TrainConfig
+    from dllm_arith import task
+    from dllm_arith.evaluate import accuracy
+    from dllm_arith.recipe import ModelShape, export_checkpoint, train_default
+    from dllm_arith.sft import TrainConfig
+    from dllm_arith.tokenizer import build_tokenizer
+    from dllm_strategies.models.loading import registered_or_local_dir, wrap_module
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    difficulty = task.Difficulty(max_ops=args.max_ops, max_operand=args.max_operand, forms=args.forms)
+    try:
+        difficulty = task.difficulty_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(f"train: bad task difficulty: {exc}") from exc
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
         save_every=args.save_every, gen_lengths=tuple(int(x) for x in args.gen_lengths.split(",")),
@@ -75,9 +86,6 @@ def _train(args: argparse.Namespace) -> int:
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)
     if args.init_from is not None and not Path(args.init_from).is_dir():
-        from dllm_strategies.errors import ConfigError
-        from dllm_strategies.models.loading import registered_or_local_dir
-
         source = registered_or_local_dir(args.init_from)
         if source is None:
             raise ConfigError(f"--init-from {args.init_from!r}: neither a checkpoint directory nor a registered model")
@@ -93,8 +101,6 @@ def _train(args: argparse.Namespace) -> int:
 
     def evaluate(module, step: int) -> dict:
         if "tok" not in tok_holder:
-            from dllm_strategies.arith.tokenizer import build_tokenizer
-
             tok_holder["tok"] = build_tokenizer()
         model = wrap_module(module, tok_holder["tok"], name=f"step-{step}")
         out = {}

@@ -20,11 +20,13 @@ excluded from training.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -88,6 +90,31 @@ class Difficulty:
     def __attrs_post_init__(self) -> None:
         if self.max_ops < self.min_ops:
             raise ValueError(f"Difficulty: max_ops={self.max_ops} < min_ops={self.min_ops}")
+
+
+def add_difficulty_arguments(parser: argparse.ArgumentParser, *, defaults: Difficulty | None = Difficulty()) -> None:
+    """The task's difficulty flags, shared by every command that makes problems.  ``defaults=None``
+    leaves them unset (None), for a command that takes the difficulty from elsewhere (a teacher's
+    recipe) unless the user overrides it."""
+    parser.add_argument("--max-ops", type=int, default=defaults and defaults.max_ops, metavar="N",
+                        help=f"most events per problem (default: {defaults.max_ops if defaults else 'inherited'})")
+    parser.add_argument("--max-operand", type=int, default=defaults and defaults.max_operand, metavar="N",
+                        help="largest number in a story "
+                             f"(default: {defaults.max_operand if defaults else 'inherited'})")
+    parser.add_argument("--forms", type=int, default=defaults and defaults.forms, choices=(0, 1, 2),
+                        help="surface forms of the solution text: 0 canonical, 1 sums in either order, 2 also "
+                             f"an optional leading word (default: {defaults.forms if defaults else 'inherited'})")
+
+
+def difficulty_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Difficulty:
+    """``base`` difficulty values overridden by the flags the user gave (ValueError if they clash)."""
+    values = dict(base or {})
+    values.update({key: getattr(args, key) for key in ("max_ops", "max_operand", "forms")
+                   if getattr(args, key, None) is not None})
+    try:
+        return Difficulty(**values)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 @attrs.frozen

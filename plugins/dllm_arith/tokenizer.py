@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from dllm_strategies.arith import task
+from dllm_arith import task
 
 MASK = "<|mdm_mask|>"
 END_OF_TEXT = "<|endoftext|>"

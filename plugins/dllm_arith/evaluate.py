@@ -7,19 +7,19 @@ from typing import Any
 
 import torch
 
-from dllm_strategies.arith.task import Problem, extract_answer
+from dllm_arith.task import Problem, extract_answer
 from dllm_strategies.decode import decode
-from dllm_strategies.registry import build_strategy
+from dllm_strategies.strategy import Strategy
 
 
 @torch.inference_mode()
-def accuracy(model: Any, problems: Sequence[Problem], *, strategy: str | None = None, gen_length: int = 64,
+def accuracy(model: Any, problems: Sequence[Problem], *, strategy: str | Strategy | None = None, gen_length: int = 64,
              block_length: int = 32, steps: int | None = None, batch_size: int = 64, seed: int = 0) -> dict[str, float]:
     """Decode every problem (chat prompt) and compare the ``####`` number with the answer.
 
     Returns accuracy (%), mean steps and NFE per problem, forwards, and wall seconds.
     """
-    build_strategy(strategy)  # fail before decoding anything
+    strategy = Strategy.parse(strategy)  # fail before decoding anything; parsed once for every batch
     correct, steps_sum, nfe_sum, seconds, forwards = 0, 0, 0, 0.0, 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]

@@ -2,8 +2,8 @@
 
 ``train_default(output_dir)`` makes a standard transformers checkpoint (safetensors,
 config, tokenizer) of a LLaDA-style model: Llama blocks with bidirectional attention
-(``LlamaConfig(is_causal=False)``), trained with :mod:`dllm_strategies.training.sft` on
-the synthetic task of :mod:`dllm_strategies.arith.task`.
+(``LlamaConfig(is_causal=False)``), trained with :mod:`dllm_arith.sft` on
+the synthetic task of :mod:`dllm_arith.task`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import attrs
 import torch
 
-from dllm_strategies.arith import task, tokenizer as arith_tokenizer
-from dllm_strategies.training import sft
+from dllm_arith import sft, task, tokenizer as arith_tokenizer
+from dllm_strategies.models.tiny import bidirectional_llama_config
 
 
 @attrs.frozen
@@ -30,24 +30,8 @@ class ModelShape:
 
 
 def model_config(tok, shape: ModelShape = ModelShape()):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_attention_heads,
-        max_position_embeddings=shape.max_position_embeddings,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        is_causal=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids(arith_tokenizer.END_OF_TURN)],
-        bos_token_id=None,
-        mask_token_id=tok.mask_token_id,
-    )
+    """The default model's architecture: LLaDA-style bidirectional Llama blocks of ``shape``."""
+    return bidirectional_llama_config(tok, **attrs.asdict(shape))
 
 
 def encode(problems, tok) -> list[tuple[list[int], list[int]]]:
