@@ -277,10 +277,10 @@ def test_a_self_reference_handed_over_in_extras_is_used_and_checked():
                     extras={"self_reference": given_answers})
     assert len(model.calls) == result.forwards  # no reference decode
     assert torch.equal(result.tokens, given_answers)
-    with pytest.raises(ConfigError, match=r"\(2, 8\)"):
+    with pytest.raises(PluginError, match=r"self_reference.* \(2, 8\)"):
         decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=8, block_length=4,
                extras={"self_reference": given_answers})
-    with pytest.raises(ConfigError, match="mask token"):
+    with pytest.raises(PluginError, match="mask token"):
         decode(model, [[7, 8, 9], [5, 6]], strategy="egp_oracle", gen_length=4, block_length=4,
                extras={"self_reference": torch.full((2, 4), model.mask_id)})
     REFERENCES.clear()
