@@ -32,22 +32,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A deterministic character-level tokenizer with LLaDA's special roles and a chat template."""
-    characters = string.ascii_letters + string.digits + string.punctuation
-    pieces = [*characters, *(CONTINUATION + c for c in characters)]
+def word_piece_tokenizer(pieces: list[str], *, added: tuple[str, ...] = (),
+                         max_input_chars_per_word: int = 64) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer over ``pieces`` (word-initial pieces, and continuations written
+    ``@@piece``) after LLaDA's special roles (ids 0..6: mask, end-of-text, end-of-turn, unknown,
+    system, user, assistant), with ``added`` whole-word tokens and the chat template."""
     core = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate([*SPECIALS, *pieces])}, unk_token=UNKNOWN,
-                                      max_input_chars_per_word=64, continuing_subword_prefix=CONTINUATION))
+                                      max_input_chars_per_word=max_input_chars_per_word,
+                                      continuing_subword_prefix=CONTINUATION))
     core.normalizer = normalizers.Strip()
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.decoder = decoders.WordPiece(prefix=CONTINUATION, cleanup=True)
     core.add_special_tokens(list(SPECIALS))
+    if added:
+        core.add_tokens(list(added))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, mask_token=MASK, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, unk_token=UNKNOWN,
         additional_special_tokens=[END_OF_TURN, *ROLES], padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A deterministic character-level tokenizer with LLaDA's special roles and a chat template."""
+    characters = string.ascii_letters + string.digits + string.punctuation
+    return word_piece_tokenizer([*characters, *(CONTINUATION + c for c in characters)])
 
 
 def bidirectional_llama_config(tokenizer, *, hidden_size: int, intermediate_size: int, num_hidden_layers: int,

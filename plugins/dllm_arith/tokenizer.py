@@ -14,24 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from dllm_arith import task
+from dllm_strategies.models.tiny import CONTINUATION, END_OF_TURN, word_piece_tokenizer
 
-MASK = "<|mdm_mask|>"
-END_OF_TEXT = "<|endoftext|>"
-END_OF_TURN = "<|eot_id|>"
-UNKNOWN = "<|unk|>"
-ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
-SPECIALS = (MASK, END_OF_TEXT, END_OF_TURN, UNKNOWN, *ROLES)
 ANSWER_MARK = "####"
-CONTINUATION = "@@"
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} <|eot_id|> "
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
 
 
 def _words() -> list[str]:
@@ -49,27 +37,7 @@ def _words() -> list[str]:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the task's tokenizer (deterministic: same vocabulary every time)."""
-    vocab = {token: i for i, token in enumerate([*SPECIALS, *_words()])}
-    core = Tokenizer(models.WordPiece(
-        vocab=vocab, unk_token=UNKNOWN, max_input_chars_per_word=32,
-        continuing_subword_prefix=CONTINUATION,
-    ))
-    core.normalizer = normalizers.Strip()
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.decoder = decoders.WordPiece(prefix=CONTINUATION, cleanup=True)
-    core.add_special_tokens(list(SPECIALS))
-    core.add_tokens([ANSWER_MARK])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        mask_token=MASK,
-        eos_token=END_OF_TEXT,
-        pad_token=END_OF_TEXT,
-        unk_token=UNKNOWN,
-        additional_special_tokens=[END_OF_TURN, *ROLES],
-        padding_side="left",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return word_piece_tokenizer(_words(), added=(ANSWER_MARK,), max_input_chars_per_word=32)
 
 
 def save_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
