@@ -17,6 +17,7 @@ and nothing partial is returned.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ def encode_prompts(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] 
                 prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                        add_generation_prompt=True)
             ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+            _warn_unknown_words(tokenizer, prompt, ids, i, add_special_tokens=not chat)
         else:
             ids = [int(t) for t in prompt]
         if not ids:
@@ -132,6 +134,23 @@ def encode_prompts(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] 
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
     mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
     return ids, mask
+
+
+def _warn_unknown_words(tokenizer: Any, text: str, ids: list[int], index: int, *, add_special_tokens: bool) -> None:
+    """Warn when words of a prompt are not in the tokenizer's vocabulary: the model reads each as
+    the unknown token, and a model that never saw it in training often answers nothing."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in ids:
+        return
+    words: list[str] = []
+    if getattr(tokenizer, "is_fast", False):  # only fast tokenizers give the offsets that name the words
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        words = [text[a:b] for t, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+                 if t == unk]
+    named = f" ({', '.join(map(repr, dict.fromkeys(words)))})" if words else ""
+    warnings.warn(f"prompt {index}: {ids.count(unk)} word(s) are not in the tokenizer's vocabulary{named}; the "
+                  f"model reads them as {getattr(tokenizer, 'unk_token', None) or 'the unknown token'}, and its "
+                  "answer may be empty or wrong", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------

@@ -135,8 +135,12 @@ class StatusLine:
                         dynamic_ncols=True)
         self.desc = desc
 
-    def __call__(self, stage: str) -> None:
-        self.bar.set_description_str(f"{self.desc}: {stage}")
+    def __call__(self, stage: str | None) -> None:
+        """Show ``stage``; None: the stages are over (the line stays, with the time they took)."""
+        if stage is None:
+            self.close()
+        else:
+            self.bar.set_description_str(f"{self.desc}: {stage}")
 
     def close(self) -> None:
         self.bar.close()
