@@ -28,8 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dllm_strategies import decode, discovery
+from dllm_strategies.cli import device_name, non_negative_int, positive_int, quiet_option, run_command
 from dllm_strategies.decode import encode_prompts
-from dllm_strategies.errors import ConfigError, DllmError
+from dllm_strategies.errors import ConfigError
+from dllm_strategies.progress import DecodeProgress
+from dllm_strategies.state import check_lengths
 from dllm_harness import matrix, metrics
 from dllm_harness.journal import Journal, model_fingerprint
 
@@ -131,33 +134,36 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch
     stop_ids = (*model.eot_ids, model.fill_id)
     records: list[ProblemRecord] = []
     trajectory = None
-    batches = range(0, len(problems), batch_size)
-    for start in tqdm(batches, desc=entry.display, leave=False, disable=not progress, file=sys.stderr):
-        chunk = problems[start:start + batch_size]
-        with torch.inference_mode():
-            extras = {"self_reference": given[start:start + len(chunk)]} if given is not None else None
-            result = decode(model, [p.question for p in chunk], strategy=entry.spec, gen_length=entry.gen_length,
-                            block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat,
-                            extras=extras)
-        if share:
-            responses.append(result.tokens)
-        answers = metrics.answer_lengths(result.tokens, stop_ids)
-        answer_fw, tail_fw = metrics.split_forwards(result.block_nfe, answers, result.tokens.shape[1])
-        answers, answer_fw, tail_fw = answers.tolist(), answer_fw.tolist(), tail_fw.tolist()
-        seconds_each = result.wall_time / len(chunk)  # a batch's wall time is shared equally by its rows
-        nfe, steps = result.nfe.tolist(), result.steps.tolist()
-        for row, problem in enumerate(chunk):
-            predicted = extract_answer(result.text[row])
-            records.append(ProblemRecord(index=start + row, answer=problem.answer, predicted=predicted,
-                                         correct=predicted == problem.answer, nfe=nfe[row], steps=steps[row],
-                                         answer_tokens=answers[row], seconds=seconds_each, text=result.text[row],
-                                         answer_forwards=answer_fw[row], tail_forwards=tail_fw[row]))
-        if start <= example < start + len(chunk):
-            row = example - start
-            tokens = result.tokens[row]
-            is_eot = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
-            trajectory = Trajectory(index=example, commit_step=result.commit_step[row].tolist(),
-                                    tokens=tokens.tolist(), eot=is_eot.tolist())
+    # a bar over decoded positions, fed every step: a task of fewer problems than a batch still moves
+    with DecodeProgress(total=len(problems) * int(entry.gen_length), desc=entry.display, leave=False,
+                        disable=None if progress else True) as bar:
+        strategy = bar.track(entry.spec)
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start:start + batch_size]
+            with torch.inference_mode():
+                extras = {"self_reference": given[start:start + len(chunk)]} if given is not None else None
+                result = decode(model, [p.question for p in chunk], strategy=strategy, gen_length=entry.gen_length,
+                                block_length=entry.block_length, steps=entry.resolved_steps, seed=seed, chat=chat,
+                                extras=extras)
+            if share:
+                responses.append(result.tokens)
+            answers = metrics.answer_lengths(result.tokens, stop_ids)
+            answer_fw, tail_fw = metrics.split_forwards(result.block_nfe, answers, result.tokens.shape[1])
+            answers, answer_fw, tail_fw = answers.tolist(), answer_fw.tolist(), tail_fw.tolist()
+            seconds_each = result.wall_time / len(chunk)  # a batch's wall time is shared equally by its rows
+            nfe, steps = result.nfe.tolist(), result.steps.tolist()
+            for row, problem in enumerate(chunk):
+                predicted = extract_answer(result.text[row])
+                records.append(ProblemRecord(index=start + row, answer=problem.answer, predicted=predicted,
+                                             correct=predicted == problem.answer, nfe=nfe[row], steps=steps[row],
+                                             answer_tokens=answers[row], seconds=seconds_each, text=result.text[row],
+                                             answer_forwards=answer_fw[row], tail_forwards=tail_fw[row]))
+            if start <= example < start + len(chunk):
+                row = example - start
+                tokens = result.tokens[row]
+                is_eot = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
+                trajectory = Trajectory(index=example, commit_step=result.commit_step[row].tolist(),
+                                        tokens=tokens.tolist(), eot=is_eot.tolist())
     if share:
         self_references[lengths] = torch.cat(responses)
     return EntryResult(entry=entry, records=records, trajectory=trajectory)
@@ -271,7 +277,19 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch
     by_model: dict[str, list[matrix.Entry]] = {}
     for entry in entries:
         by_model.setdefault(entry.model, []).append(entry)
-    bar = tqdm(total=len(entries), desc="bench", disable=not progress, file=sys.stderr)
+    with tqdm(total=len(entries), desc="bench", unit="entry", disable=None if progress else True,
+              file=sys.stderr) as bar:
+        _run_models(by_model, bar, results, problems, loader=loader, batch_size=batch_size, seed=seed, chat=chat,
+                    example=example, progress=progress, journal=journal)
+    order = {id(e): i for i, e in enumerate(entries)}
+    results.sort(key=lambda r: order[id(r.entry)])
+    return with_speedups(results)
+
+
+def _run_models(by_model: dict[str, list[matrix.Entry]], bar: Any, results: list[EntryResult],
+                problems: Sequence[Any], *, loader: Callable[[str], Any], batch_size: int, seed: int, chat: bool,
+                example: int, progress: bool, journal: Journal | None) -> None:
+    """Run each model's entries in turn, loading a model only when one of its entries is not journaled."""
     for name, members in by_model.items():
         model = None
         self_references: dict[tuple[int, int], torch.Tensor] = {}
@@ -296,10 +314,6 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch
                       + ("  (from the journal)" if saved is not None else ""))
             bar.update(1)
         del model
-    bar.close()
-    order = {id(e): i for i, e in enumerate(entries)}
-    results.sort(key=lambda r: order[id(r.entry)])
-    return with_speedups(results)
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,33 +326,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", default=None, help="JSON or YAML file of entries (see dllm_harness.matrix)")
     p.add_argument("--sweep", nargs="*", default=None, metavar="SPEC@KNOB=V1,V2",
                    help="sweep mode: each value a sweep such as 'threshold@threshold.tau=0.7,0.8,0.9,0.95'; "
-                        "no value: the default sweeps (tokens per step, tau of threshold and entropy_threshold, "
-                        "gamma of eb_sampler)")
-    p.add_argument("--gen-lengths", default=",".join(map(str, matrix.DEFAULT_GEN_LENGTHS)),
-                   help="gen lengths for entries that name none (default: 64,256)")
-    p.add_argument("--baseline-model", default=None, metavar="MODEL",
+                        f"no value: the {len(matrix.DEFAULT_SWEEPS)} default sweeps, those installed of: "
+                        + "; ".join(_sweep_names()))
+    p.add_argument("--gen-lengths", "--gen_lengths", dest="gen_lengths",
+                   default=",".join(map(str, matrix.DEFAULT_GEN_LENGTHS)),
+                   help="gen lengths for entries that name none (default: %(default)s)")
+    p.add_argument("--baseline-model", "--baseline_model", dest="baseline_model", default=None, metavar="MODEL",
                    help="measure one baseline per gen length, on this model, and take every model's speedup "
                         "against it (e.g. a distilled model against its teacher); default: one per model")
-    p.add_argument("--block-length", type=int, default=None,
+    p.add_argument("--block-length", "--block_length", dest="block_length", type=positive_int, default=None,
                    help="block length for entries that name none (default: the model's recommended, else 32)")
-    p.add_argument("--steps", type=int, default=None, help="steps for --strategy entries (default: gen length)")
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                   help=f"decode the first N held-out problems (default {DEFAULT_LIMIT}; 0: all 500)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps for --strategy entries (default: the gen length, one token per step)")
+    p.add_argument("--limit", type=non_negative_int, default=DEFAULT_LIMIT,
+                   help=f"decode the first N held-out problems (default: {DEFAULT_LIMIT}; 0: all 500)")
     p.add_argument("--problems", choices=("test", "validation"), default="test",
                    help="the held-out test split (the benchmark set, default) or the training run's validation "
                         "split (500 problems, to choose models and settings on without touching the test set)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--example", type=int, default=0, help="problem whose trajectory is drawn (default 0)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap questions in the chat template")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help="problems decoded together (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of every random choice of decoding (default: 0)")
+    p.add_argument("--example", type=non_negative_int, default=0,
+                   help="problem whose trajectory is drawn (default: 0)")
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda, cuda:N... (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="auto (default: bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--no-chat", "--no_chat", dest="chat", action="store_false",
+                   help="do not wrap questions in the chat template")
     p.add_argument("--out", default="bench-results", help="output directory (default: bench-results)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    quiet_option(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: entries in its journal.jsonl are not decoded again "
                         "(same settings required)")
+
+
+def _sweep_names() -> list[str]:
+    """What each default sweep varies, for the help: ``threshold over threshold.tau``."""
+    names = []
+    for text in matrix.DEFAULT_SWEEPS:
+        spec, knob = text.split("@", 1)
+        names.append(f"{matrix.method_of(spec)} over {knob.split('=', 1)[0]}")
+    return names
 
 
 def _gen_lengths(text: str) -> list[int]:
@@ -378,6 +410,11 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], lis
                    for name in names}
     expanded = matrix.expand(chosen, _gen_lengths(args.gen_lengths), block_length=args.block_length,
                              block_lengths=recommended, baseline_model=args.baseline_model)
+    for entry in expanded:  # every entry's lengths are checked before any model loads
+        try:
+            check_lengths(int(entry.gen_length), entry.block_length, entry.resolved_steps)
+        except ConfigError as exc:
+            raise ConfigError(f"bench entry {entry.display!r} at gen length {entry.gen_length}: {exc}") from None
     return expanded, skipped
 
 
@@ -448,11 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return command(build_parser().parse_args(argv))
-    except DllmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: command(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,16 @@ fills its registry only when it is empty).
   decoding and of the likelihood draws), ``trust_remote_code``.
 * ``mc_num`` (128): Monte Carlo draws per likelihood request; ``mc_batch_size`` (64): draw rows per
   forward; ``greedy_check`` (true): compute ``is_greedy`` by decoding (see ``loglikelihood``).
+* ``progress`` (true): progress bars on stderr (process 0 only, and only when stderr is a
+  terminal): decoded response positions for ``generate_until``, Monte Carlo rows for the
+  likelihoods; the launcher's ``--quiet`` sets it false.
 
 Data parallel: under ``accelerate launch --num_processes N`` or ``torchrun --nproc_per_node N``
 (``WORLD_SIZE`` > 1) the model makes an ``accelerate.Accelerator`` (on CPU when CUDA is absent or
 ``device=cpu``), takes its device, rank (``process_index``) and world size, and lets lm-eval split
-the requests across processes, as lm-eval's HF model does.
+the requests across processes, as lm-eval's HF model does.  ``accelerate launch --num_processes N``
+without GPUs runs one process only (accelerate falls back to its single-process launcher): the
+model then warns that N processes were asked for and one runs (use torchrun on CPU).
 
 Costs (steps, NFE split into answer and tail forwards, answer tokens, wall time; TPF, answer TPF
 and tokens/s as :mod:`dllm_harness.metrics` defines them) are recorded per request in
@@ -56,6 +61,7 @@ from tqdm.auto import tqdm
 
 from dllm_strategies import decode, discovery, encode_prompts
 from dllm_strategies.errors import ConfigError
+from dllm_strategies.progress import DecodeProgress
 from dllm_strategies.spec import format_spec, parse_spec
 from dllm_strategies.strategy import Strategy
 from dllm_harness import likelihood, metrics
@@ -84,6 +90,14 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ConfigError(f"dllm: {name} must be true or false, got {value!r}")
 
 
+def single_process_fallback() -> bool:
+    """True when ``accelerate launch`` asked for several processes and runs one: its single-process
+    launcher (what it falls back to without GPUs) sets ``ACCELERATE_USE_CPU``, and sets
+    ``MASTER_ADDR`` only when more than one process (or machine) was asked for, but no
+    ``WORLD_SIZE``."""
+    return "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+
+
 @register_model("dllm")
 class DllmLM(LM):
     """lm-eval model over :func:`dllm_strategies.decode` (see the module docstring for ``model_args``)."""
@@ -92,11 +106,11 @@ class DllmLM(LM):
                  block_length: int | None = None, steps: int | None = None, batch_size: int | str = 16,
                  max_batch_size: int | None = None, device: str | None = None, dtype: str = "auto", seed: int = 0,
                  mc_num: int = 128, mc_batch_size: int = 64, greedy_check: bool = True,
-                 trust_remote_code: bool = False, **unknown: Any):
+                 trust_remote_code: bool = False, progress: bool = True, **unknown: Any):
         super().__init__()
         if unknown:
             known = ("pretrained, strategy, gen_length, block_length, steps, batch_size, device, dtype, seed, "
-                     "mc_num, mc_batch_size, greedy_check, trust_remote_code")
+                     "mc_num, mc_batch_size, greedy_check, trust_remote_code, progress")
             raise ConfigError(f"dllm model_args: unknown argument(s) {', '.join(sorted(unknown))}; known: {known}")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise ConfigError("dllm: batch_size='auto' is not supported; pass an integer (prompts per decode batch)")
@@ -107,8 +121,13 @@ class DllmLM(LM):
         self.mc_num = _as_int("mc_num", mc_num)
         self.mc_batch_size = _as_int("mc_batch_size", mc_batch_size)
         self.greedy_check = _as_bool("greedy_check", greedy_check)
+        self.progress = _as_bool("progress", progress)
         self.accelerator = None
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1 and single_process_fallback():
+            log.warning("dllm: 'accelerate launch' asked for several processes but this is the only one: without "
+                        "GPUs accelerate runs a single process; on CPU use torchrun --nproc_per_node N "
+                        "(docs/evaluating.md)")
         if world > 1:
             from accelerate import Accelerator
             from accelerate.utils import InitProcessGroupKwargs
@@ -199,6 +218,10 @@ class DllmLM(LM):
         }}
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _bars_disabled(self, disable_tqdm: bool) -> bool | None:
+        """tqdm's ``disable``: off when asked or not on process 0, else on only when stderr is a terminal."""
+        return True if disable_tqdm or not self.progress or self.rank != 0 else None
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -224,6 +247,15 @@ class DllmLM(LM):
         whole = self._encode(context + continuation)
         context_ids = self._encode(context)
         return whole[:len(context_ids)], whole[len(context_ids):]
+
+    def _warn_unknown(self, contexts: Sequence[Sequence[int]]) -> None:
+        """Once per run: requests whose words are not in the tokenizer's vocabulary (the model reads
+        the unknown token, and a model that never saw it often answers nothing)."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        hit = 0 if unk is None else sum(unk in ids for ids in contexts)
+        if hit:
+            self._warn_once("unknown", f"dllm: {hit} of {len(contexts)} requests hold words that are not in the "
+                                       f"tokenizer's vocabulary; the model reads them as {self.tokenizer.unk_token!r}")
 
     def _counted(self, requests: Sequence[Any]) -> list[bool]:
         """Which requests count in the costs: lm-eval pads a process's list with copies of its last
@@ -301,20 +333,23 @@ class DllmLM(LM):
             contexts.append(self._encode(context) if context else [self.prefix_token_id])
             key = (self._spec_for(gen_kwargs), until, max_toks)
             groups.setdefault(key, []).append(i)
+        self._warn_unknown(contexts)
         outputs: list[str] = [""] * len(requests)
         counted = self._counted(requests)
         costs: list[metrics.RequestCost] = []
-        total = sum(-(-len(v) // self.batch_size) for v in groups.values())
-        bar = tqdm(total=total, desc="dllm generate_until", disable=disable_tqdm or self.rank != 0, file=sys.stderr)
+        # the bar counts decoded response positions (the decode loop's observer feeds it every step)
+        total = sum(len(v) * self._gen_length_for(k[2]) for k, v in groups.items())
+        bar = DecodeProgress(total=total, desc="dllm generate_until", disable=self._bars_disabled(disable_tqdm))
         stop_ids = (*self.model.eot_ids, self.model.fill_id)
         for (spec, until, max_toks), members in groups.items():
             gen_length = self._gen_length_for(max_toks)
             members = sorted(members, key=lambda i: -len(contexts[i]))
+            strategy = bar.track(spec)
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
                 ids, mask = encode_prompts(self.model, [contexts[i] for i in batch], pad_id=self.model.fill_id)
                 with torch.inference_mode():
-                    result = decode(self.model, ids, prompt_mask=mask, strategy=spec, gen_length=gen_length,
+                    result = decode(self.model, ids, prompt_mask=mask, strategy=strategy, gen_length=gen_length,
                                     block_length=self._block_for(gen_length), steps=self.steps, seed=self.seed)
                 ends = metrics.first_stop_index(result.tokens, stop_ids)
                 if max_toks is not None:
@@ -336,7 +371,7 @@ class DllmLM(LM):
                             nfe=int(result.nfe[row]), steps=int(result.steps[row]), answer_tokens=int(answers[row]),
                             seconds=share, gen_length=gen_length, hit_length=bool(hit[row]),
                             answer_forwards=int(answer_fw[row]), tail_forwards=int(tail_fw[row])))
-                bar.update(1)
+        bar.finish_run()
         bar.close()
         self._record("generate_until", costs)
         return outputs
@@ -369,7 +404,7 @@ class DllmLM(LM):
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         nfe = torch.zeros(len(requests), dtype=torch.long)
         seconds = torch.zeros(len(requests), dtype=torch.float64)
-        bar = tqdm(total=len(requests) * self.mc_num, desc=f"dllm {kind}", disable=disable_tqdm or self.rank != 0,
+        bar = tqdm(total=len(requests) * self.mc_num, desc=f"dllm {kind}", disable=self._bars_disabled(disable_tqdm),
                    file=sys.stderr)
         # Longest first, so that the rows sharing a forward have similar lengths (little padding).
         order = sorted(range(len(requests)), key=lambda i: -(len(contexts[i]) + len(targets[i])))

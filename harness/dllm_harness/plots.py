@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 _TITLE = 11
 
@@ -43,13 +44,51 @@ def _knob_text(entry: Any) -> str:
     return f"{entry.gen_length / entry.resolved_steps:g}/step"
 
 
-def _log_axis(ax: Any, base: int) -> None:
-    """A log x axis with plain numbers (4, 8, 16 or 0.01, 0.02, 0.05) as tick labels."""
-    ax.set_xscale("log", base=base)
-    subs = (1.0,) if base == 2 else (1.0, 2.0, 5.0)
-    ax.xaxis.set_major_locator(LogLocator(base=base, subs=subs))
+# Round numbers a log axis is labelled with, coarsest first: 1, 2, 5 x 10^k, then finer steps.
+_MANTISSAS = ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+
+
+def log_ticks(low: float, high: float, least: int = 4, most: int = 10) -> list[float]:
+    """Tick values of a log axis over ``[low, high]``: the coarsest round numbers giving at least
+    ``least`` ticks, plus a finer one at an end no tick comes within a factor 1.5 of, so points
+    bunched near an end (every parallel method at NFE 11 to 12 on an axis up to 256) are read
+    against a number; at most ``most`` (thinned evenly between the end ticks); the limits
+    themselves when fewer than two round numbers fit."""
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+
+    def level(mantissas: tuple[float, ...]) -> list[float]:
+        return sorted(t for t in {round(m * 10.0 ** k, 12) for k in decades for m in mantissas} if low <= t <= high)
+
+    ticks: list[float] = []
+    for mantissas in _MANTISSAS:
+        ticks = level(mantissas)
+        if len(ticks) >= least:
+            break
+    if len(ticks) < 2:
+        return [float(f"{low:.3g}"), float(f"{high:.3g}")]
+    # An end without a tick near it gets the coarsest round number that is; one almost on the
+    # next tick (within 20%) would only crowd it.
+    first = next((t for m in _MANTISSAS for t in level(m) if t <= low * 1.5), None)
+    if first is not None and ticks[0] > low * 1.5 and ticks[0] / first >= 1.2:
+        ticks.insert(0, first)
+    last = next((t for m in _MANTISSAS for t in reversed(level(m)) if t >= high / 1.5), None)
+    if last is not None and ticks[-1] < high / 1.5 and last / ticks[-1] >= 1.2:
+        ticks.append(last)
+    if len(ticks) > most:
+        keep = sorted({round(i * (len(ticks) - 1) / (most - 1)) for i in range(most)})
+        ticks = [ticks[i] for i in keep]
+    return ticks
+
+
+def _log_axis(ax: Any) -> None:
+    """A log x axis labelled with plain round numbers (10, 15, 20, 50 or 1.5, 2, 3, 5) at both
+    ends of the data (call it after the points are drawn: the ticks are chosen for the limits)."""
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high)  # fixed, so that the ticks chosen for them stay right
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(low, high)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _finish(fig: Any, path: Path) -> Path:
@@ -110,7 +149,7 @@ def pareto(results: Sequence[Any], path: Path) -> Path:
                     x = t.mean_nfe if metric == "nfe" else t.seconds / max(t.requests, 1)
                     points.append((x, r.accuracy, r.entry))
                 _draw_method(ax, points, colours[method], _legend_label(members))
-            _log_axis(ax, 2 if metric == "nfe" else 10)
+            _log_axis(ax)
             _accuracy_axis(ax, [r.accuracy for r in results if r.task == task])
             ax.set_xlabel(xlabel)
             ax.set_ylabel("accuracy (%)")
