@@ -9,7 +9,9 @@ from pathlib import Path
 
 from dllm_arith import task as arith_task
 from dllm_strategies import hookimpl
+from dllm_strategies.cli import non_negative_int, positive_int, quiet_option
 from dllm_strategies.errors import ConfigError
+from dllm_strategies.progress import StatusLine
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
@@ -32,26 +34,35 @@ def dllm_commands(subparsers) -> None:
         description="Masked-diffusion SFT (LLaDA) of a bidirectional Llama on the synthetic arithmetic task. "
                     "Resumes from OUTPUT/work/checkpoint.pt when present.")
     p.add_argument("--output", required=True, help="directory for the checkpoint (resumable)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1.5e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=400_000)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--eval-problems", type=int, default=128, help="validation problems decoded at each eval")
-    p.add_argument("--gen-lengths", default="64,256", help="response pad lengths drawn per batch")
-    p.add_argument("--gen-length-weights", default="0.85,0.15")
+    p.add_argument("--steps", type=positive_int, default=3000,
+                   help="optimiser steps of the whole run; the cosine schedule spans them (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="samples per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1.5e-3,
+                   help="peak learning rate (AdamW), after 100 warm-up steps, cosine to 10%% (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the data, the initialisation and the masks (default: %(default)s)")
+    p.add_argument("--train-size", type=positive_int, default=400_000,
+                   help="training problems generated (default: %(default)s)")
+    p.add_argument("--eval-every", type=positive_int, default=200,
+                   help="steps between validation records (default: %(default)s)")
+    p.add_argument("--save-every", type=positive_int, default=50,
+                   help="steps between resumable checkpoints (default: %(default)s)")
+    p.add_argument("--eval-problems", type=non_negative_int, default=128,
+                   help="validation problems decoded at each validation record; 0: none (default: %(default)s)")
+    p.add_argument("--gen-lengths", type=_int_list, default=(64, 256),
+                   help="response pad lengths, one drawn per batch (default: 64,256)")
+    p.add_argument("--gen-length-weights", type=_float_list, default=(0.85, 0.15),
+                   help="the weight each gen length is drawn with (default: 0.85,0.15)")
     p.add_argument("--eot-crop", type=float, default=0.0, metavar="P",
                    help="probability that a sample's canvas ends after a random part of its end-of-text tail "
-                        "(what End-of-Text truncation leaves the model); 0 never crops")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--intermediate-size", type=int, default=384)
+                        "(what End-of-Text truncation leaves the model); 0 never crops (default: %(default)s)")
+    p.add_argument("--hidden-size", type=positive_int, default=128, help="model width (default: %(default)s)")
+    p.add_argument("--layers", type=positive_int, default=6, help="transformer blocks (default: %(default)s)")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
+    p.add_argument("--intermediate-size", type=positive_int, default=384, help="MLP width (default: %(default)s)")
     arith_task.add_difficulty_arguments(p)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    quiet_option(p)
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (a directory written by train) instead of a random "
                         "initialisation: a further stage with its own schedule")
@@ -59,6 +70,26 @@ def dllm_commands(subparsers) -> None:
                    help="do not train: write the run's latest checkpoint (OUTPUT/work) as a standard checkpoint "
                         "in OUTPUT (same options as the run)")
     p.set_defaults(func=_train)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 64,256; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, e.g. 64,256; got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.85,0.15; got {text!r}") from None
+    if not values or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated weights >= 0 with a positive sum; got {text!r}")
+    return values
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -78,11 +109,17 @@ def _train(args: argparse.Namespace) -> int:
         difficulty = task.difficulty_from_args(args)
     except ValueError as exc:
         raise ConfigError(f"train: bad task difficulty: {exc}") from exc
-    config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
-        save_every=args.save_every, gen_lengths=tuple(int(x) for x in args.gen_lengths.split(",")),
-        gen_length_weights=tuple(float(x) for x in args.gen_length_weights.split(",")), eot_crop=args.eot_crop,
-    )
+    if len(args.gen_lengths) != len(args.gen_length_weights):
+        raise ConfigError(f"--gen-length-weights gives {len(args.gen_length_weights)} weight(s) for "
+                          f"{len(args.gen_lengths)} --gen-lengths; give one weight per gen length")
+    try:  # TrainConfig's own validators name a bad value (--eot-crop outside 0..1)
+        config = TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
+            save_every=args.save_every, gen_lengths=args.gen_lengths, gen_length_weights=args.gen_length_weights,
+            eot_crop=args.eot_crop,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"train: {exc}") from exc
     shape = ModelShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads)
     if args.init_from is not None and not Path(args.init_from).is_dir():
@@ -109,8 +146,10 @@ def _train(args: argparse.Namespace) -> int:
                                               steps=64 // per_step)["accuracy"]
         return out
 
-    train_default(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape, config=config,
-                  evaluate=evaluate if args.eval_problems else None, progress=not args.quiet,
-                  log=lambda r: print(json.dumps(r), flush=True), init_from=args.init_from)
+    # a status line while the data is built (minutes at the default 400,000 problems), then the training bar
+    with StatusLine("train", disable=True if args.quiet else None) as status:
+        train_default(args.output, train_size=args.train_size, difficulty=difficulty, shape=shape, config=config,
+                      evaluate=evaluate if args.eval_problems else None, progress=not args.quiet,
+                      log=lambda r: print(json.dumps(r), flush=True), init_from=args.init_from, status=status)
     print(f"saved {args.output}")
     return 0

@@ -46,8 +46,11 @@ def encode(problems, tok) -> list[tuple[list[int], list[int]]]:
 def train_default(output_dir: str | Path, *, train_size: int = 400_000, validation_size: int = 256,
                   difficulty: task.Difficulty = task.Difficulty(), shape: ModelShape = ModelShape(),
                   config: sft.TrainConfig = sft.TrainConfig(), evaluate=None, progress: bool = True,
-                  log=None, init_from: str | Path | None = None):
+                  log=None, init_from: str | Path | None = None, status=None):
     """Train the default model into ``output_dir`` (resumable; see :func:`sft.train`).
+
+    ``status(stage)`` (optional) is told each stage of building the data (minutes at the default
+    size), then ``status(None)`` when training starts.
 
     ``init_from``: a checkpoint of this recipe (a directory with ``model.safetensors``) whose
     weights start the run instead of a random initialisation: a further training stage with a
@@ -58,11 +61,16 @@ def train_default(output_dir: str | Path, *, train_size: int = 400_000, validati
     output_dir = Path(output_dir)
     torch.manual_seed(config.seed)
     tok = arith_tokenizer.build_tokenizer()
+    say = status or (lambda stage: None)
+    say(f"making {train_size:,} training and {validation_size:,} validation problems")
     splits = task.make_splits(train_size, validation_size, seed=config.seed, difficulty=difficulty)
     model = LlamaForCausalLM(model_config(tok, shape))
     previous = _initialise(model, Path(init_from)) if init_from is not None else None
+    say(f"tokenising {train_size + validation_size:,} problems")
+    pairs = encode(splits["train"], tok), encode(splits["validation"], tok)
+    say(None)
     records = sft.train(
-        model, encode(splits["train"], tok), encode(splits["validation"], tok),
+        model, *pairs,
         mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, fill_id=tok.eos_token_id,
         output_dir=output_dir / "work", config=config, evaluate=evaluate, progress=progress, log=log,
     )

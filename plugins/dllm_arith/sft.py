@@ -182,7 +182,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
             log(entry)
 
     weights = torch.tensor(config.gen_length_weights, dtype=torch.float)
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=start, disable=None if progress else True, desc="train", dynamic_ncols=True)
     started = time.monotonic()
     model.train()
     for step in range(start, config.steps):
