@@ -115,10 +115,11 @@ def test_interrupted_cli_json_prints_no_partial_results(failing, tmp_path, capsy
     monkeypatch.setattr("dllm_strategies.load_model", lambda *a, **k: model)
     prompts = tmp_path / "p.txt"
     prompts.write_text("Tom has 3 apples .\nAnn has 2 eggs .\nSam has 4 cards .\n")
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["generate", "--file", str(prompts), "--strategy", "interrupt", "--gen-length", "8",
-                  "--batch-size", "1", "--json", "--quiet"])
-    assert capsys.readouterr().out == ""
+    # Ctrl-C: "interrupted" and the shell's exit code for SIGINT, no traceback, nothing partial
+    assert cli.main(["generate", "--file", str(prompts), "--strategy", "interrupt", "--gen-length", "8",
+                     "--batch-size", "1", "--json", "--quiet"]) == 130
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines()[-1] == "interrupted"
     # the same command without the interrupt prints every row, as JSON
     cli.main(["generate", "--file", str(prompts), "--gen-length", "8", "--batch-size", "2", "--json", "--quiet"])
     assert len(json.loads(capsys.readouterr().out)) == 3
