@@ -98,7 +98,8 @@ def test_dream_schedule_walks_blocks_with_steps_per_block(tiny32):
                                                                             8 - sum(first[:3])])]
 
 
-@pytest.mark.parametrize("spec", ["dream_schedule", "dream_schedule+entropy", "dream_schedule(eps=0.1)+threshold(tau=0.5)"])
+@pytest.mark.parametrize("spec", ["dream_schedule", "dream_schedule+entropy",
+                                  "dream_schedule(eps=0.1)+threshold(tau=0.5)"])
 def test_dream_schedule_keeps_every_promise(spec):
     check_strategy_property(spec, max_examples=4)
 

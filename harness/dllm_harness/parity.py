@@ -151,10 +151,12 @@ def prepare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 # compare: this project's strategies on the same checkpoints and prompts
 # ------------------------------------------------------------------------------------------
-def ours(directory: Path, case: str, gen_length: int,
-         prompts: list[list[int]]) -> tuple[list[list[int]], list[int], float]:
-    """Each prompt decoded alone by the case's strategy: the responses, NFEs and total wall time."""
+def ours(directory: Path, case: str, gen_length: int, prompts: list[list[int]],
+         strategy: str | None = None) -> tuple[list[list[int]], list[int], float]:
+    """Each prompt decoded alone by the case's strategy (or ``strategy``): the responses, NFEs
+    and total wall time."""
     layout, spec, block = CASES[case]
+    spec = strategy or spec
     model = load_model(str(directory / layout))
     rows, nfe, seconds = [], [], 0.0
     for prompt in prompts:
@@ -189,12 +191,13 @@ def compare(args: argparse.Namespace) -> int:
             theirs = authors.get(f"{case}@{gen_length}")
             if theirs is None:
                 continue
-            got, nfe, seconds = ours(directory, case, gen_length, prompts[:len(theirs["tokens"])])
+            got, nfe, seconds = ours(directory, case, gen_length, prompts[:len(theirs["tokens"])], args.strategy)
             same = sum(a == b for a, b in zip(got, theirs["tokens"], strict=True))
             failed += same != len(got)
             # LLaDA's and Dream's functions return no NFE: one forward per step, `steps` of them.
             their_nfe = _mean(theirs.get("nfe") or [None]) if any(theirs.get("nfe") or []) else f"{gen_length}"
-            print(f"| `{case}` | `{CASES[case][1]}` | {gen_length} | {same}/{len(got)} | {their_nfe} | {_mean(nfe)} | "
+            spec = args.strategy or CASES[case][1]
+            print(f"| `{case}` | `{spec}` | {gen_length} | {same}/{len(got)} | {their_nfe} | {_mean(nfe)} | "
                   f"{theirs['seconds']:.1f} | {seconds:.1f} | {seconds / theirs['seconds']:.2f} |", flush=True)
     return 1 if failed else 0
 
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-lengths", type=int, nargs="+", default=[64, 256])
     p.add_argument("--threads", type=int, default=1, help="torch threads (use the authors' run's)")
     p.add_argument("--cases", help="only the cases whose name contains this text")
+    p.add_argument("--strategy", help="decode with this strategy instead of each case's own (to see what a "
+                                      "part of the composition changes, e.g. Dream's scores without its schedule)")
     p.set_defaults(func=compare)
     args = parser.parse_args(argv)
     return args.func(args)

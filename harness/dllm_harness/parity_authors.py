@@ -72,7 +72,8 @@ def llada_cases(args, mask_id: int, block: int) -> dict:
             mask_id=mask_id)
     cases["fast_dllm.generate(threshold=0.9)"] = lambda p, g: fast_generate.generate(
         model, p, steps=g, gen_length=g, block_length=block, temperature=0.0, mask_id=mask_id, threshold=0.9)
-    cases["fast_dllm.generate_with_prefix_cache(threshold=0.9)"] = lambda p, g: fast_generate.generate_with_prefix_cache(
+    prefix = fast_generate.generate_with_prefix_cache
+    cases["fast_dllm.generate_with_prefix_cache(threshold=0.9)"] = lambda p, g: prefix(
         model, p, steps=g, gen_length=g, block_length=block, temperature=0.0, mask_id=mask_id, threshold=0.9)
     cases["fast_dllm.generate_with_dual_cache(threshold=0.9)"] = lambda p, g: fast_generate.generate_with_dual_cache(
         model, p, steps=g, gen_length=g, block_length=block, temperature=0.0, mask_id=mask_id, threshold=0.9)
