@@ -3,10 +3,12 @@ loop reproducing it token for token (uniform-state process, exact encoder cache)
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
+from dllm_strategies import decode
 from dllm_strategies.models.diffusion_gemma import Generation, tiny_diffusion_gemma
 
 PROMPTS = ["Tom has 3 apples", "hi", "What is two plus two ?", "abc def"]
@@ -127,3 +129,42 @@ def test_generate_is_pinned(dg, generation):
     ours, our_passes = reference(dg, ids, mask, seed=3, canvases=4, generation=generation)
     assert torch.equal(theirs, ours)
     assert torch.equal(passes, our_passes)
+
+
+def ours(model, ids, mask, *, seed: int, canvases: int, strategy: str | None = None):
+    return decode(model, ids, prompt_mask=mask, strategy=strategy or model.recommended_strategy,
+                  gen_length=canvases * model.block_length, seed=seed)
+
+
+@pytest.mark.parametrize(("prompts", "seed"), [(PROMPTS, 3), (PROMPTS[:1], 4)], ids=["batch4", "batch1"])
+def test_recommended_strategy_reproduces_generate(dg, prompts, seed):
+    """Seeded, our loop with the model's recommended strategy emits generate()'s tokens and
+    charges each row generate's decoder passes, over four canvases, with prompts of different
+    lengths, canvases that stop at different steps and a row whose text ends in its first
+    canvas while the others go on (it keeps decoding in lockstep, as in generate)."""
+    model = attrs.evolve(dg, generation=STOPPING)
+    ids, mask = batch(model, prompts)
+    theirs, passes = generate(model, ids, mask, seed=seed, canvases=4, generation=STOPPING)
+    result = ours(model, ids, mask, seed=seed, canvases=4)
+    assert torch.equal(result.tokens, theirs)
+    assert torch.equal(result.nfe, passes)
+    L, N = model.block_length, STOPPING.max_denoising_steps
+    spent = (theirs != model.fill_id).any(0).view(4, L).any(1).sum()
+    assert spent >= 3, "the run must cover at least three canvases"
+    assert result.encoder_forwards == spent  # the prompt, then every finished canvas but the last
+    assert bool((passes < N * spent).any()), "some canvas must stop before its step cap"
+    if len(prompts) > 1:
+        ends = [(row == model.fill_id).nonzero().min().item() // L if bool((row == model.fill_id).any()) else 4
+                for row in theirs]
+        assert min(ends) < max(ends), "rows must end in different canvases"
+
+
+@pytest.mark.slow
+def test_default_settings_reproduce_generate(dg):
+    """transformers' defaults (stability 1: the argmax must repeat before a canvas stops)."""
+    model = attrs.evolve(dg, generation=DEFAULTS)
+    ids, mask = batch(model, PROMPTS)
+    theirs, passes = generate(model, ids, mask, seed=5, canvases=3, generation=DEFAULTS)
+    result = ours(model, ids, mask, seed=5, canvases=3)
+    assert torch.equal(result.tokens, theirs)
+    assert torch.equal(result.nfe, passes)

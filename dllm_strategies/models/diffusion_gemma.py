@@ -369,7 +369,8 @@ def tiny_diffusion_gemma(*, canvas_length: int = 8, hidden_size: int = 32, num_l
         vocab_size=vocab, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=heads, num_key_value_heads=1, head_dim=hidden_size // heads,
         global_head_dim=hidden_size // heads, sliding_window=sliding_window,
-        layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)],
+        layer_types=["full_attention" if i == num_layers - 1 or (i + 1) % 2 == 0 else "sliding_attention"
+                     for i in range(num_layers)],
         num_experts=2, top_k_experts=1, moe_intermediate_size=hidden_size, max_position_embeddings=4096,
         pad_token_id=PAD, eos_token_id=eos, bos_token_id=None,
     )
