@@ -185,14 +185,13 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
             raise ConfigError("a prompt row is all padding; give every row at least one token")
     else:
         ids, mask = encode_prompts(model, prompts, chat=chat)
-    process = getattr(model, "process", "absorbing")
-    uniform.require_process(plugins, process, model)
-    block_length, steps = _block_defaults(model, gen_length, block_length, steps)
+    fixed = getattr(model, "block_length", None)  # a block-autoregressive model's own block width
     config = DecodeConfig.for_model(
-        model, gen_length=gen_length, block_length=gen_length if block_length is None else block_length,
-        steps=steps, seed=seed,
-        max_steps=max_steps, trace=trace, process=process,
+        model, gen_length=gen_length, seed=seed, steps=steps,
+        block_length=block_length if block_length is not None else fixed or gen_length,  # 0 is an error, not unset
+        max_steps=max_steps, trace=trace,
     )
+    uniform.require_process(plugins, config.process, model)
     limit = getattr(model, "max_positions", None)
     if limit is not None and ids.shape[1] + gen_length > limit:
         raise ConfigError(
@@ -204,25 +203,6 @@ def decode(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.
         reference = reference.to(device)
     state = DecodeState.start(ids.to(device), mask.to(device), config, reference=reference, extras=extras)
     return run(plugins, model, state)
-
-
-def _block_defaults(model: Any, gen_length: int, block_length: int | None,
-                    steps: int | None) -> tuple[int | None, int | None]:
-    """A model with a fixed block (DiffusionGemma's canvas) decodes blocks of exactly that width,
-    with its own steps per block unless ``steps`` is given."""
-    width = getattr(model, "block_length", None)
-    if width is None:
-        return block_length, steps
-    if block_length is not None and block_length != width:
-        raise ConfigError(f"model {_model_name(model)} decodes blocks of {width} tokens; use block_length={width} "
-                          "(or leave it unset)")
-    if gen_length % width:
-        raise ConfigError(f"gen_length={gen_length} is not a whole number of {width}-token blocks for model "
-                          f"{_model_name(model)}; use gen_length={-(-gen_length // width) * width}")
-    per_block = getattr(model, "steps_per_block", None)
-    if steps is None and per_block is not None:
-        steps = per_block * (gen_length // width)
-    return width, steps
 
 
 @attrs.frozen

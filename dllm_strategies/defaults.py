@@ -18,6 +18,8 @@ def semi_ar_plan(state: DecodeState) -> Plan:
     the remainder on the first steps)."""
     config = state.config
     B, G, width = state.batch_size, config.gen_length, config.block_length
+    if config.aligned_blocks:
+        return _aligned_plan(state)
     per_block = state.masked.view(B, config.num_blocks, width).sum(-1)
     block = (per_block > 0).long().argmax(-1)  # first block with a masked position
     start = block * width
@@ -25,6 +27,27 @@ def semi_ar_plan(state: DecodeState) -> Plan:
     steps_left = (config.steps_per_block - state.steps_in_window(start)).clamp(min=1)
     budget = torch.div(masked_here + steps_left - 1, steps_left, rounding_mode="floor").clamp(min=1)
     return Plan(window_start=start, window_end=(start + width).clamp(max=G), budget=budget)
+
+
+def block_bounds(state: DecodeState, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) response columns [start, end) of the block holding each row's ``columns`` (B,):
+    column blocks, or blocks counted from the row's first prompt token when
+    ``config.aligned_blocks`` (a block-causal model's attention blocks)."""
+    width, G = state.config.block_length, state.config.gen_length
+    shift = state.prompt_mask.sum(1) % width if state.config.aligned_blocks else torch.zeros_like(columns)
+    block = torch.div(columns + shift, width, rounding_mode="floor")
+    return (block * width - shift).clamp(min=0), ((block + 1) * width - shift).clamp(max=G)
+
+
+def _aligned_plan(state: DecodeState) -> Plan:
+    """:func:`semi_ar_plan` over aligned blocks: the block of the first masked position."""
+    masked = state.masked
+    start, end = block_bounds(state, masked.int().argmax(1))
+    cols = state.columns[None, :]
+    masked_here = (masked & (cols >= start[:, None]) & (cols < end[:, None])).sum(1)
+    steps_left = (state.config.steps_per_block - state.steps_in_window(start)).clamp(min=1)
+    budget = torch.div(masked_here + steps_left - 1, steps_left, rounding_mode="floor").clamp(min=1)
+    return Plan(window_start=start, window_end=end, budget=budget)
 
 
 def model_inputs(state: DecodeState, width: int | None = None):

@@ -48,6 +48,9 @@ class DecodeConfig:
         process: ``absorbing`` (masked diffusion: a commit is final) or ``uniform`` (undecided
             positions hold tokens re-decided every step until their block ends); see
             :mod:`dllm_strategies.uniform`.  The model says which (``model.process``).
+        aligned_blocks: blocks are counted from each row's first prompt token (a block-causal
+            model's attention blocks: the first response block of a row is short when its prompt
+            does not fill its last block) instead of from the first response column.
     """
 
     gen_length: int = 64
@@ -60,6 +63,7 @@ class DecodeConfig:
     max_steps: int | None = attrs.field(default=None, kw_only=True)
     trace: bool = attrs.field(default=False, kw_only=True)
     process: str = attrs.field(default="absorbing", kw_only=True)
+    aligned_blocks: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.process not in ("absorbing", "uniform"):
@@ -77,7 +81,26 @@ class DecodeConfig:
     @classmethod
     def for_model(cls, model: Any, **settings: Any) -> DecodeConfig:
         """The config of a run of ``model``: its mask, fill and end-of-text ids, plus ``settings``
-        (``gen_length``, ``block_length``, ``steps``, ``seed``...)."""
+        (``gen_length``, ``block_length``, ``steps``, ``seed``...).  The model's diffusion process
+        (``model.process``, default absorbing) unless ``settings`` give one; a model with a fixed
+        block (``model.block_length``: DiffusionGemma's canvas) decodes blocks of exactly that
+        width, ``model.steps_per_block`` steps each unless ``steps`` is given."""
+        settings.setdefault("process", getattr(model, "process", "absorbing"))
+        settings.setdefault("aligned_blocks", bool(getattr(model, "aligned_blocks", False)))
+        width = getattr(model, "block_length", None)
+        if width is not None:
+            name = repr(getattr(model, "name", "") or type(model).__name__)
+            gen_length = settings.get("gen_length", cls.gen_length)
+            if settings.get("block_length") not in (None, width):
+                raise ConfigError(f"model {name} decodes blocks of {width} tokens; use block_length={width} "
+                                  "(or leave it unset)")
+            if gen_length % width:
+                raise ConfigError(f"gen_length={gen_length} is not a whole number of {width}-token blocks for model "
+                                  f"{name}; use gen_length={-(-gen_length // width) * width}")
+            settings["block_length"] = width
+            per_block = getattr(model, "steps_per_block", None)
+            if settings.get("steps") is None and per_block is not None:
+                settings["steps"] = per_block * (gen_length // width)
         return cls(mask_id=model.mask_id, fill_id=model.fill_id, eot_ids=tuple(model.eot_ids), **settings)
 
     @property
