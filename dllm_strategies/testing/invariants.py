@@ -36,6 +36,7 @@ from dllm_strategies.models.tiny import tiny_model
 from dllm_strategies.strategy import RunPlugins, Strategy, build_strategy
 from dllm_strategies.state import DecodeConfig, DecodeResult, DecodeState
 from dllm_strategies.testing.fakes import FakeModel, RecordingModel, ScriptedLogits
+from dllm_strategies.testing.processes import UniformFakeModel, check_uniform_step, kit_diffusion_gemma, served
 
 
 class InvariantViolation(AssertionError):
@@ -76,10 +77,12 @@ def _table_logits(table: torch.Tensor):
 
 
 @st.composite
-def fake_models(draw, vocab: int = VOCAB) -> FakeModel:
-    """A :class:`FakeModel` whose logits hypothesis draws (see :func:`logit_tables`)."""
-    return FakeModel(logits_fn=_table_logits(draw(logit_tables(vocab))), vocab_size=vocab, mask_id=MASK_ID,
-                     eot_ids=(EOT_ID,), fill_id=EOT_ID)
+def fake_models(draw, vocab: int = VOCAB, process: str = "absorbing") -> FakeModel:
+    """A :class:`FakeModel` whose logits hypothesis draws (see :func:`logit_tables`); under the
+    uniform ``process`` a :class:`~dllm_strategies.testing.processes.UniformFakeModel`."""
+    cls = UniformFakeModel if process == "uniform" else FakeModel
+    return cls(logits_fn=_table_logits(draw(logit_tables(vocab))), vocab_size=vocab, mask_id=MASK_ID,
+               eot_ids=(EOT_ID,), fill_id=EOT_ID)
 
 
 @st.composite
@@ -157,6 +160,8 @@ def check_step(strategy: RunPlugins, record: StepRecord, prompt: torch.Tensor) -
                 f"asked for {expected.tolist()} (budget {record.plan.budget.tolist()}, masked in window "
                 f"{window.tolist()})"
             )
+    if before.config.process == "uniform":
+        check_uniform_step(strategy.spec, record, InvariantViolation)
 
 
 def check_result(strategy: RunPlugins, result: DecodeResult, model: RecordingModel, config: DecodeConfig) -> None:
@@ -164,6 +169,8 @@ def check_result(strategy: RunPlugins, result: DecodeResult, model: RecordingMod
         raise InvariantViolation(f"the output of {strategy.spec!r} still holds the mask token")
     revocable = bool(getattr(strategy.owner("dllm_remask"), "revocable", False))
     limit = max(config.gen_length, config.steps) if _empty_steps(strategy) else config.gen_length
+    if config.process == "uniform":  # every block takes at most steps_per_block steps
+        limit = config.steps
     if not revocable and bool((result.steps > limit).any()):
         raise InvariantViolation(f"{strategy.spec!r} took {result.steps.tolist()} steps for gen_length "
                                  f"{config.gen_length} (at most {limit})")
@@ -175,7 +182,9 @@ def check_result(strategy: RunPlugins, result: DecodeResult, model: RecordingMod
     if result.positions != fed:
         raise InvariantViolation(f"the result counts {result.positions} positions but the model processed {fed}")
     # each forward is charged to the rows that took part in it: none exceeds the forwards, none goes uncharged
-    if bool((result.nfe > result.forwards).any()) or int(result.nfe.sum()) < result.forwards:
+    # (in lockstep a forward may serve only rows whose text is over: generate charges those to nobody)
+    uncharged = int(result.nfe.sum()) < result.forwards and not getattr(model, "lockstep", False)
+    if bool((result.nfe > result.forwards).any()) or uncharged:
         raise InvariantViolation(f"per-row NFE {result.nfe.tolist()} disagrees with {result.forwards} forwards")
 
 
@@ -246,7 +255,9 @@ def check_strategy(spec: Any, model: Any, prompts: list[list[int]], *, gen_lengt
     if batch_dependent:
         warnings.warn(f"{spec!r}: {', '.join(batch_dependent)} declare(s) batch_invariant = False; the kit does not "
                       "compare a batch with its rows decoded alone", stacklevel=2)
-    if not stochastic and not batch_dependent:  # deterministic: a batch must decode exactly as its rows alone
+    # the uniform process starts its blocks from noise drawn for the whole batch: random by nature
+    random_process = getattr(model, "process", "absorbing") == "uniform"
+    if not stochastic and not batch_dependent and not random_process:  # a batch must decode as its rows alone
         for i, prompt in enumerate(prompts):
             alone = decode(_fresh(model), [prompt], strategy=spec, seed=seed,
                            reference=None if reference is None else reference[i:i + 1], **kwargs)
@@ -269,7 +280,7 @@ def kit_model() -> Any:
 
 
 def check_strategy_property(spec: Any, *, model: Any = None, block_lengths: tuple[int, ...] | None = None,
-                            references: bool = False, max_examples: int = 20) -> None:
+                            references: bool = False, max_examples: int = 20, process: str | None = None) -> None:
     """Run :func:`check_strategy` over hypothesis-drawn decode shapes, on hypothesis-drawn fake
     models, or on ``model`` when given (prompts and references are drawn from token ids 2..23, so
     its vocabulary must hold them).
@@ -277,17 +288,25 @@ def check_strategy_property(spec: Any, *, model: Any = None, block_lengths: tupl
     What the spec's plugins declare decides the rest: a plugin with ``supports_fake_models =
     False`` (a KV cache) runs on :func:`kit_model` when no ``model`` is given; ``block_lengths``
     (default: the widths every plugin that declares some accepts, else 2, 4 and 8) are the block
-    lengths drawn.  ``references``: pass a drawn reference response (for oracle plugins)."""
+    lengths drawn.  ``references``: pass a drawn reference response (for oracle plugins).
+    ``process``: the diffusion process to check under (default: absorbing when every plugin
+    serves it, else uniform, on fake models of that process or the tiny DiffusionGemma)."""
     run = Strategy.parse(spec).start()
+    processes = served(run)
+    process = process or (model.process if hasattr(model, "process") else processes[0])
+    if process not in processes:
+        raise InvariantViolation(f"{spec!r} cannot serve the {process} process (its plugins serve {processes})")
     if model is None and not all(run.declared("supports_fake_models").values()):
-        model = kit_model()
+        model = kit_model() if process == "absorbing" else kit_diffusion_gemma()
+    if block_lengths is None and getattr(model, "block_length", None) is not None:
+        block_lengths = (model.block_length,)  # a block-autoregressive model's own block
     if block_lengths is None:
         widths = [set(w) for w in run.declared("block_lengths").values() if w]
         block_lengths = tuple(sorted(set.intersection(*widths))) if widths else (2, 4, 8)
         if not block_lengths:
             raise InvariantViolation(f"{spec!r}: its plugins declare block lengths with nothing in common "
                                      f"({run.declared('block_lengths')}); they cannot decode together")
-    models = fake_models() if model is None else st.just(model)
+    models = fake_models(process=process) if model is None else st.just(model)
 
     @settings(max_examples=max_examples, deadline=None, database=None)
     @given(model=models, shape=decode_shapes(block_lengths, references), seed=st.integers(0, 2**16))

@@ -19,6 +19,8 @@ class Threshold(Plugin):
     when it is below), and always at least the best-scored one.
     (Wu et al., "Fast-dLLM", arXiv 2505.22618.)"""
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         tau: float = attrs.field(default=0.9, validator=_unit)
@@ -37,6 +39,8 @@ class EntropyThreshold(Plugin):
     computes it, ``-sum p * log(p + 1e-12)`` of a float64 softmax, so a position near the
     threshold or a near-tie for the lowest entropy is decided as theirs is.
     (Chen et al., "dParallel", arXiv 2509.26488.)"""
+
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
 
     @attrs.frozen
     class Options:

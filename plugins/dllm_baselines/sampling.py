@@ -15,6 +15,8 @@ class Gumbel(Plugin):
     ``exp(logits) / (-log u) ** temperature``).  ``temperature=0`` is greedy.
     Confidence stays the softmax probability of the sampled token under the clean logits."""
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         temperature: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))

@@ -14,6 +14,8 @@ class TopK(Plugin):
     """A fixed number ``k`` of tokens per step inside LLaDA's semi-autoregressive blocks
     (the last step of a block commits what is left), ignoring ``steps``."""
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         k: int = attrs.field(default=2, validator=attrs.validators.ge(1))

@@ -17,6 +17,8 @@ class LowConfidence(Plugin):
     candidate has the highest softmax probability; the rest stay masked.
     (Nie et al., "Large Language Diffusion Models", arXiv 2502.09992.)"""
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @hookimpl
     def dllm_score(self, confidence: torch.Tensor) -> torch.Tensor:
         return confidence
@@ -25,6 +27,8 @@ class LowConfidence(Plugin):
 class RandomOrder(Plugin):
     """LLaDA's ``random`` remasking (Dream's ``origin``): positions commit in a uniformly
     random order, seeded by the run's seed."""
+
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
 
     stochastic = True
 
@@ -42,6 +46,8 @@ class Margin(Plugin):
     best candidate clearly beats the runner-up commit first.
     (Ye et al., "Dream 7B", arXiv 2508.15487.)"""
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @hookimpl
     def dllm_score(self, logits) -> torch.Tensor:
         return ops.top2_margin(logits.values)
@@ -52,6 +58,8 @@ class NegativeEntropy(Plugin):
     most certain positions commit first.  Computed as Dream computes it,
     ``sum p * log(p + 1e-10)`` in the logits' dtype, so rankings match theirs.
     (Ye et al., arXiv 2508.15487.)"""
+
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
 
     @hookimpl
     def dllm_score(self, logits) -> torch.Tensor:

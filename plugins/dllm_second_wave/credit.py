@@ -39,6 +39,8 @@ class Credit(Plugin):
     forwards it has seen, and the block it belongs to; reset when a row's window moves.
     """
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         tau: float = attrs.field(default=0.9, validator=unit)

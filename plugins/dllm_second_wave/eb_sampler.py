@@ -44,6 +44,8 @@ class EbSampler(Plugin):
             0, 0.001 and 0.1.  The default 0.1 is the most parallel of them; sweep it.
     """
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         gamma: float = attrs.field(default=0.1, validator=non_negative)

@@ -33,6 +33,8 @@ class Klass(Plugin):
     last ``history`` KL values per column.  Distributions are the clean (noise-free) softmax.
     """
 
+    processes = ("absorbing", "uniform")  # its rule reads the undecided positions of either process
+
     @attrs.frozen
     class Options:
         conf: float = attrs.field(default=0.6, validator=unit)
