@@ -8,8 +8,11 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
-from dllm_strategies import decode
+from dllm_strategies import ConfigError, SpecError, Strategy, decode
 from dllm_strategies.models.diffusion_gemma import Generation, tiny_diffusion_gemma
+from dllm_strategies.models.tiny import tiny_model
+from dllm_strategies.testing import check_strategy_property
+from dllm_strategies.testing.processes import kit_diffusion_gemma
 
 PROMPTS = ["Tom has 3 apples", "hi", "What is two plus two ?", "abc def"]
 # Canvases stop at different steps (stability 0: confidence alone decides), and rows end at
@@ -168,3 +171,26 @@ def test_default_settings_reproduce_generate(dg):
     result = ours(model, ids, mask, seed=5, canvases=3)
     assert torch.equal(result.tokens, theirs)
     assert torch.equal(result.nfe, passes)
+
+
+SWAPPED = ("temperature_schedule+multinomial+threshold(tau=0.5)+renoise+stable_stop(stability=0,confidence=0.6)"
+           "+self_conditioning")
+
+
+def test_a_swapped_acceptance_rule_keeps_the_uniform_process_promises():
+    """threshold in place of the entropy bound: the kit's checks for the uniform process hold on
+    the tiny DiffusionGemma (exact cache, lockstep, self-conditioning) and on uniform fake models."""
+    check_strategy_property(SWAPPED, model=kit_diffusion_gemma(), max_examples=3)
+    check_strategy_property("threshold(tau=0.5)+renoise+stable_stop(stability=0,confidence=0.6)", max_examples=6)
+
+
+def test_processes_are_checked_when_parsed_and_when_decoding(dg):
+    with pytest.raises(SpecError, match="renoise.*wino|wino.*renoise"):
+        Strategy.parse("renoise+wino")
+    ids, mask = batch(dg, PROMPTS[:1])
+    with pytest.raises(ConfigError, match="'wino' cannot serve the uniform process"):
+        decode(dg, ids, prompt_mask=mask, strategy="wino", gen_length=dg.block_length)
+    with pytest.raises(ConfigError, match="'renoise' cannot serve the absorbing process"):
+        decode(tiny_model(hidden_size=16, num_layers=1, num_heads=2), [[5, 6]], strategy="renoise", gen_length=4)
+    with pytest.raises(ConfigError, match="blocks of 8 tokens; use block_length=8"):
+        decode(dg, ids, prompt_mask=mask, gen_length=16, block_length=4)
