@@ -13,9 +13,9 @@ class DreamSchedule(Plugin):
 
     Dream walks ``timesteps = linspace(1, eps, steps + 1)`` (float32) and, at step ``i`` with
     ``t, s = timesteps[i], timesteps[i + 1]`` and ``M`` positions still masked, commits
-    ``int(M * (1 - s / t))`` of them, all that are left at its last step.  With one token per
-    step on average that is nothing at the first step (``M / steps`` rounds down to 0) and two
-    at the last.  Computed here with the same float32 operations, so the counts are Dream's
+    ``int(M * (1 - s / t))`` of them, all that are left at its last step.  With as many steps as
+    tokens that is nothing at the first step (``M (1 - eps) / steps`` is just under 1) and the
+    rounding leftovers at the last (two at gen 64 and 256).  Computed here with the same float32 operations, so the counts are Dream's
     bit for bit; which positions commit is the scoring plugin's (``low_confidence`` for Dream's
     ``maskgit_plus``, ``margin`` for ``topk_margin``, ``entropy`` for ``entropy``).
 
