@@ -72,13 +72,45 @@ MASKED_LM = Family(
     name="masked_lm",
     model_types=(),
 )
-FAMILIES: tuple[Family, ...] = (LLADA, DREAM, BIDIRECTIONAL, MASKED_LM)
+# Block diffusion (dllm_strategies.blocks): models that decode block after block with an exact cache.
+DIFFUSION_GEMMA = Family(
+    # transformers' own DiffusionGemmaForBlockDiffusion: uniform-state diffusion, no mask token
+    # (dllm_strategies.models.diffusion_gemma).
+    name="diffusion_gemma",
+    model_types=("diffusion_gemma",),
+    native="diffusion_gemma",
+    members=("google/diffusiongemma-26B-A4B-it",),
+)
+SDAR = Family(
+    # masked block diffusion on Qwen3 with the block-causal mask (dllm_strategies.models.block_causal);
+    # the mask token is the tokenizer's <|MASK|>.
+    name="sdar",
+    model_types=("sdar",),
+    native="qwen3",
+    members=("JetLM/SDAR-1.7B-Chat", "JetLM/SDAR-4B-Chat", "JetLM/SDAR-8B-Chat"),
+)
+FAST_DLLM_V2 = Family(
+    # masked block diffusion on Qwen2.5, token-shifted logits (position i scores token i+1),
+    # mask and stop ids of its generate() defaults.
+    name="fast_dllm_v2",
+    model_types=("Fast_dLLM_Qwen",),
+    mask_id=151665,
+    eot_ids=(151645, 151643),
+    fill_id=151645,
+    shifted=True,
+    native="qwen2",
+    members=("Efficient-Large-Model/Fast_dLLM_v2_7B", "Efficient-Large-Model/Fast_dLLM_v2_1.5B"),
+)
+BLOCK_FAMILIES: tuple[Family, ...] = (DIFFUSION_GEMMA, SDAR, FAST_DLLM_V2)
+FAMILIES: tuple[Family, ...] = (LLADA, DREAM, BIDIRECTIONAL, MASKED_LM, *BLOCK_FAMILIES)
 
 # Known diffusion LMs whose architecture is not supported natively yet.
 UNSUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llada_moe": "LLaDA-MoE (mixture-of-experts blocks) has no native loader yet",
     "lladamoe": "LLaDA-MoE (mixture-of-experts blocks) has no native loader yet",
-    "llada2_moe": "LLaDA 2.0 mixture-of-experts models have no native loader yet",
+    "llada2_moe": "LLaDA 2.0 mixture-of-experts models have no native loader yet (transformers has no class for "
+                  "their BailingMoeV2 layers); their block-diffusion decoding runs on any block-causal model "
+                  "(docs/models.md)",
 }
 
 

@@ -4,7 +4,9 @@ Resolution order:
 1. a name registered through the ``dllm_models`` hook (``default``, ``default-dparallel``...);
 2. a local directory or hub id whose ``config.json`` names a known family:
    LLaDA and Dream load natively onto transformers' Llama / Qwen2 classes
-   (:mod:`dllm_strategies.models.native`, no remote code); transformers' own bidirectional
+   (:mod:`dllm_strategies.models.native`, no remote code), SDAR and Fast-dLLM v2 onto Qwen3 / Qwen2
+   with the block-causal mask (:mod:`~dllm_strategies.models.block_causal`), DiffusionGemma onto
+   its own transformers class (:mod:`~dllm_strategies.models.diffusion_gemma`); transformers' own bidirectional
    models (``is_causal: false`` and a mask id) and any ``*ForMaskedLM`` load directly;
 3. anything else only with ``trust_remote_code=True`` (an explicit opt-in).
 """
@@ -20,7 +22,7 @@ import torch
 
 from dllm_strategies import discovery
 from dllm_strategies.errors import ModelError
-from dllm_strategies.models import families, native
+from dllm_strategies.models import block_causal, diffusion_gemma, families, native
 from dllm_strategies.models.adapter import DiffusionModel
 
 
@@ -135,6 +137,12 @@ def load_model(path_or_id: str, *, device: str | torch.device | None = None,
         raise ModelError(f"{name}: {families.UNSUPPORTED_MODEL_TYPES[model_type]} (model_type {model_type!r}); "
                          f"natively supported: {_native_list()}")
     family = families.family_for_model_type(model_type)
+    if family in (families.SDAR, families.FAST_DLLM_V2):  # block-causal masked diffusion, exact cache
+        return block_causal.load(directory, config, family, dtype=torch_dtype, device=device, name=name,
+                                 mask_id=mask_id)
+    if family is families.DIFFUSION_GEMMA:  # transformers' own class, uniform-state diffusion
+        return diffusion_gemma.load(directory, config, _load_tokenizer(directory, False), dtype=torch_dtype,
+                                    device=device, name=name)
     if family is not None and family.native:
         tokenizer = native.load_tokenizer(directory, family)
         module = native.load_native(directory, family, config, dtype=torch_dtype, device=device)

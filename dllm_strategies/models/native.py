@@ -63,8 +63,8 @@ import torch
 from dllm_strategies.errors import ModelError
 from dllm_strategies.models.families import Family
 
-__all__ = ["load_native", "load_tokenizer", "llada_config", "dream_config", "llada_name", "llada_source_name",
-           "checkpoint_files"]
+__all__ = ["load_native", "load_tokenizer", "load_weights", "llada_config", "dream_config", "llada_name",
+           "llada_source_name", "checkpoint_files"]
 
 # Tensors some checkpoints carry that are recomputed, never loaded.
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
@@ -494,6 +494,19 @@ def load_native(directory: Path, family: Family, config: dict[str, Any], *, dtyp
         raise ModelError(f"{label}: tensors left unloaded after loading: {_names(leftover)}")
     module.requires_grad_(False)
     return module.eval()
+
+
+def load_weights(module: torch.nn.Module, directory: Path, *, dtype: torch.dtype, device: torch.device, tied: bool,
+                 label: str) -> None:
+    """Fill a meta-device ``module`` whose parameter names are the checkpoint's own (block-causal
+    models on Qwen2 / Qwen3, :mod:`dllm_strategies.models.block_causal`) and rebuild its rotary
+    buffers: every checkpoint tensor used, every parameter filled, else :class:`ModelError`."""
+    device = torch.device(device)
+    _load_weights(module, Path(directory), _identity, _identity, dtype=dtype, device=device, tied=tied, label=label)
+    _reset_rotary(module, device)
+    leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
+    if leftover:
+        raise ModelError(f"{label}: tensors left unloaded after loading: {_names(leftover)}")
 
 
 def load_tokenizer(directory: Path, family: Family | None = None):

@@ -150,7 +150,8 @@ def check_step(strategy: RunPlugins, record: StepRecord, prompt: torch.Tensor) -
                                  "without declaring empty_steps, or at a row's last declared step")
     if bool(((newly < 1) & ~empty).any()):
         raise InvariantViolation(f"a live row committed nothing at step {before.step} with {strategy.spec!r}")
-    if remasker == "core" and not bool(after.live_length.lt(before.live_length).any()) and \
+    shrank = bool(after.live_length.lt(before.live_length).any())
+    if remasker == "core" and not _remask_wrapped(strategy) and not shrank and \
             not bool((after.finished & after.masked.any(1)).any()):
         window = record.plan.window(before).sum(1)
         expected = torch.where(empty, 0, torch.minimum(record.plan.budget, window).clamp(min=1))
@@ -186,6 +187,12 @@ def check_result(strategy: RunPlugins, result: DecodeResult, model: RecordingMod
     uncharged = int(result.nfe.sum()) < result.forwards and not getattr(model, "lockstep", False)
     if bool((result.nfe > result.forwards).any()) or uncharged:
         raise InvariantViolation(f"per-row NFE {result.nfe.tolist()} disagrees with {result.forwards} forwards")
+
+
+def _remask_wrapped(strategy: Any) -> bool:
+    """A plugin wraps dllm_remask (sub_blocks adds a block's first token): the core's top-k is
+    then not the whole commit."""
+    return any(i.wrapper or i.hookwrapper for i in strategy.pm.hook.dllm_remask.get_hookimpls())
 
 
 def _empty_steps(strategy: Any) -> bool:

@@ -54,6 +54,9 @@ def _innermost(model: Any) -> Any:
 def require_cacheable(plugin: str, model: Any) -> CacheableModel:
     """Check that ``plugin`` can keep a KV cache for ``model``; raise :class:`ModelError` otherwise."""
     name = _name(model)
+    if getattr(model, "exact_cache", None) is not None:  # block-causal, DiffusionGemma: dllm_strategies.blocks
+        raise ModelError(f"plugin {plugin!r} approximates a KV cache, but model {name} is block-autoregressive and "
+                         f"keeps an exact cache of its own (finished blocks are never recomputed); drop {plugin!r}")
     module = getattr(model, "module", None)
     if not isinstance(module, torch.nn.Module) or getattr(module, "config", None) is None:
         raise ModelError(
