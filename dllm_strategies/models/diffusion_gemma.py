@@ -41,15 +41,10 @@ import torch
 
 from dllm_strategies.blocks import BlockRun
 from dllm_strategies.errors import ConfigError, ModelError
-from dllm_strategies.models.families import Family
+from dllm_strategies.models.families import DIFFUSION_GEMMA, Family
 from dllm_strategies.state import DecodeState, Logits, Plan
 
-FAMILY = Family(
-    name="diffusion_gemma",
-    model_types=("diffusion_gemma",),
-    native="diffusion_gemma",
-    members=("google/diffusiongemma-26B-A4B-it",),
-)
+FAMILY = DIFFUSION_GEMMA
 
 # transformers' DiffusionGemmaGenerationConfig._get_default_generation_params (5.24), for the
 # keys a checkpoint's generation_config.json leaves unset.
