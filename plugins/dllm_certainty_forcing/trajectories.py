@@ -54,7 +54,8 @@ class TrajectoryConfig:
     """How the teacher decodes the training prompts.
 
     Attributes:
-        gen_length: response length the teacher decodes (one token per step).
+        gen_length: response length the teacher decodes (one token per step): the length the
+            student is judged at (256, as the authors).
         block_length: its semi-autoregressive block width (must divide ``gen_length``).
         batch_size: prompts decoded together.
         chat: wrap prompts in the tokenizer's chat template.
@@ -64,7 +65,7 @@ class TrajectoryConfig:
             (default GSM8K's ``#### <number>``).
     """
 
-    gen_length: int = attrs.field(default=64, validator=_positive)
+    gen_length: int = attrs.field(default=256, validator=_positive)
     block_length: int = attrs.field(default=32, validator=_positive)
     batch_size: int = attrs.field(default=64, validator=_positive)
     chat: bool = True
