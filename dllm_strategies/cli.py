@@ -181,6 +181,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_lengths(args.gen_length, block_length, args.steps)
     prompts = _read_prompts(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    own = discovery.loaded_decoding(decoding, model, strategy=args.strategy, block_length=args.block_length)
+    if own != decoding:  # a block-diffusion model's own strategy or block, where nothing else chose
+        block_length = own.block_length
+        spec = f"{own.strategy}+gumbel(temperature={args.temperature})" if args.temperature > 0 else own.strategy
+        strategy = Strategy.parse(spec)
     results = []
     batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     with torch.inference_mode(), DecodeProgress(total=len(prompts) * args.gen_length, desc="generate",

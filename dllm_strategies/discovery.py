@@ -246,3 +246,17 @@ def recommended_decoding(model: str | None, *, strategy: str | None = None, bloc
             block_length = min(block_length, gen_length)
     return Decoding(strategy=strategy if strategy is not None else (entry.get("strategy") or ""),
                     block_length=block_length)
+
+
+def loaded_decoding(decoding: Decoding, model: Any, *, strategy: str | None = None,
+                    block_length: int | None = None) -> Decoding:
+    """``decoding`` (from :func:`recommended_decoding`) once ``model`` is loaded: where neither the
+    user (``strategy`` / ``block_length``) nor a registration chose, what the model recommends for
+    itself (``model.recommended_strategy``: DiffusionGemma's generation config, a block-diffusion
+    model's authors' rule) and its own block (``model.block_length``: a canvas or attention block)."""
+    own_strategy = getattr(model, "recommended_strategy", None)
+    own_block = getattr(model, "block_length", None)
+    chosen = strategy is not None or bool(decoding.strategy)
+    return Decoding(strategy=decoding.strategy if chosen or not own_strategy else own_strategy,
+                    block_length=decoding.block_length if block_length is not None or own_block is None
+                    else own_block)

@@ -425,8 +425,8 @@ def load(directory: Path, config: dict[str, Any], family: Family, *, dtype: torc
     module.requires_grad_(False)
     tokenizer = native.load_tokenizer(directory, family)
     vocab = int(module.get_output_embeddings().weight.shape[0])
-    mask = mask_id if mask_id is not None else (config.get("mask_token_id") or tokenizer.mask_token_id
-                                                or family.mask_id)
+    candidates = (mask_id, config.get("mask_token_id"), tokenizer.mask_token_id, family.mask_id)
+    mask = next((m for m in candidates if m is not None), None)
     if mask is None:
         raise ModelError(f"{name}: no mask token: neither config.json 'mask_token_id' nor the tokenizer defines one; "
                          "pass mask_id=...")

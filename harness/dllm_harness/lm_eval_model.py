@@ -158,8 +158,13 @@ class DllmLM(LM):
         else:
             self.model = pretrained
             self.pretrained = getattr(pretrained, "name", "") or type(pretrained).__name__
-        self._block_given = block_length is not None
-        self.block_length = decoding.block_length
+        # a block-diffusion model's own strategy and block where neither the user nor a registration chose
+        # (a model's own block is never capped at the generation length: it is its canvas or attention block)
+        own = discovery.loaded_decoding(decoding, self.model, strategy=strategy,
+                                        block_length=None if block_length is None else decoding.block_length)
+        self._block_given = block_length is not None or own.block_length != decoding.block_length
+        self.strategy = own.strategy
+        self.block_length = own.block_length
         self._device = self.model.device
         self.dtype = dtype
         self.costs: list[metrics.RequestCost] = []
@@ -398,6 +403,10 @@ class DllmLM(LM):
                greedy: bool) -> list[tuple[float, bool]]:
         if not requests:
             return []
+        if getattr(self.model, "process", "absorbing") != "absorbing":
+            raise ConfigError(f"dllm: {kind} is LLaDA's Monte Carlo estimate over masked positions, but model "
+                              f"{self.pretrained!r} is a uniform-state diffusion model (no mask token); run "
+                              "generate_until tasks with it")
         contexts, targets = [p[0] for p in pairs], [p[1] for p in pairs]
         likelihood.check_requests(self.model, contexts, targets)
         counted = self._counted(requests)
