@@ -39,7 +39,7 @@ filter() {
 distill() {
     [ -f "$RUNS/dparallel/trajectories/trajectories.json" ] ||
         "$DLLM" distill trajectories --teacher default --output "$RUNS/dparallel/trajectories" \
-            --problems 4096 --seed 1 --threads "$THREADS"
+            --problems 4096 --seed 1 --gen-length 64 --threads "$THREADS"
     "$DLLM" distill train --data "$RUNS/dparallel/trajectories" \
         --output plugins/dllm_certainty_forcing/assets/default-dparallel --work-dir "$RUNS/dparallel/work" \
         --steps 120 --batch-size 64 --lr 2e-5 --pad-length 256 --eval-every 0 --threads "$THREADS"
