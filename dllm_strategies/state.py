@@ -82,22 +82,25 @@ class DecodeConfig:
     def for_model(cls, model: Any, **settings: Any) -> DecodeConfig:
         """The config of a run of ``model``: its mask, fill and end-of-text ids, plus ``settings``
         (``gen_length``, ``block_length``, ``steps``, ``seed``...).  The model's diffusion process
-        (``model.process``, default absorbing) unless ``settings`` give one; a model with a fixed
-        block (``model.block_length``: DiffusionGemma's canvas) decodes blocks of exactly that
-        width, ``model.steps_per_block`` steps each unless ``steps`` is given."""
+        (``model.process``, default absorbing) unless ``settings`` give one.  A model's own block
+        (``model.block_length``: a block-causal model's attention block) is the default block
+        length; a model whose block is fixed (``model.block_fixed``: DiffusionGemma's canvas)
+        decodes blocks of exactly that width, ``model.steps_per_block`` steps each unless ``steps``
+        is given."""
         settings.setdefault("process", getattr(model, "process", "absorbing"))
         settings.setdefault("aligned_blocks", bool(getattr(model, "aligned_blocks", False)))
         width = getattr(model, "block_length", None)
-        if width is not None:
+        if width is not None and settings.get("block_length") is None:
+            settings["block_length"] = width
+        if width is not None and getattr(model, "block_fixed", False):
             name = repr(getattr(model, "name", "") or type(model).__name__)
             gen_length = settings.get("gen_length", cls.gen_length)
-            if settings.get("block_length") not in (None, width):
+            if settings["block_length"] != width:
                 raise ConfigError(f"model {name} decodes blocks of {width} tokens; use block_length={width} "
                                   "(or leave it unset)")
             if gen_length % width:
                 raise ConfigError(f"gen_length={gen_length} is not a whole number of {width}-token blocks for model "
                                   f"{name}; use gen_length={-(-gen_length // width) * width}")
-            settings["block_length"] = width
             per_block = getattr(model, "steps_per_block", None)
             if settings.get("steps") is None and per_block is not None:
                 settings["steps"] = per_block * (gen_length // width)

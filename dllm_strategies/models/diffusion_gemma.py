@@ -148,6 +148,7 @@ class DiffusionGemma:
     # The decode loop's facts about this model (see dllm_strategies.blocks).
     process: str = "uniform"
     lockstep: bool = True
+    block_fixed: bool = True  # the decoder denoises whole canvases
     runner: type = BlockRun
 
     @property
