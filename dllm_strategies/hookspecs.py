@@ -22,6 +22,13 @@ owner returned, or return None to defer to the next implementation.
 
 All tensors are on the model's device.  (B, G) tensors cover the response region of the live
 rows; column j is response position j.  The prompt is not writable by any hook.
+
+Every hook serves both diffusion processes (``state.config.process``, see
+:mod:`dllm_strategies.uniform`): under the absorbing process an undecided ("masked") position
+holds the mask token and a commit is final; under the uniform process it holds a token re-decided
+every step, ``dllm_remask`` accepts positions for one step, and a block's positions are decided
+when ``dllm_should_stop`` ends the block (or after ``steps_per_block`` steps).  A plugin declares
+the processes it serves (``Plugin.processes``).
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ def dllm_schedule(state: DecodeState) -> Plan | None:
     ``config.block_length``; the window is the first block that still has a masked position;
     the budget is ``ceil(masked_in_block / steps_left_in_block)``, which reproduces LLaDA's
     linear schedule (``masked // steps`` per step, the remainder on the first steps).
+
+    Uniform process: the block a window enters for the first time starts as noise; the budget
+    is how many positions to accept.
 
     :param state: the running rows.
     :returns: a :class:`~dllm_strategies.state.Plan` with budget >= 1 per row (0 allowed before a
@@ -132,7 +142,10 @@ def dllm_remask(state: DecodeState, proposal: Proposal, plan: Plan) -> Commit | 
     """Decide which masked positions to commit now (the rest stay masked).
 
     Stops at first non-None result.  Core default: the ``plan.budget`` highest-scored masked
-    positions inside the window.  A plugin may commit more than the budget or outside the
+    positions inside the window.  Uniform process: the returned positions are *accepted* for this
+    step only (they hold ``Commit.tokens`` or the sample until the next step decides anew); the
+    window's other undecided positions take ``Commit.tokens`` where given (re-noising), else keep
+    their tokens; ``revoke`` is an error.  A plugin may commit more than the budget or outside the
     window (e.g. a whole row at once), must commit only masked positions, and should commit
     at least one per running row: if it commits none in a row, the core commits that row's
     best-scored window position and counts it in ``DecodeResult.forced``.  Only a plugin with
