@@ -37,7 +37,9 @@ from transformers.cache_utils import DynamicCache
 
 from dllm_strategies.blocks import BlockRun
 from dllm_strategies.errors import ConfigError, ModelError
+from dllm_strategies.models import native
 from dllm_strategies.models.families import FAST_DLLM_V2, SDAR, Family
+from dllm_strategies.models.tokenizer import END_OF_TURN, tiny_tokenizer
 from dllm_strategies.state import DecodeState, Logits, Plan
 
 # SDAR's generate.py default block length (its config does not carry one).
@@ -335,7 +337,6 @@ def tiny_block_causal(*, block_length: int = 4, hidden_size: int = 32, num_layer
     end-of-text and end-of-turn tokens)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    from dllm_strategies.models.tiny import END_OF_TURN, tiny_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     eot_ids = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN))
@@ -414,7 +415,6 @@ def load(directory: Path, config: dict[str, Any], family: Family, *, dtype: torc
     """A block-causal checkpoint onto transformers' own Qwen3 / Qwen2 class (no remote code)."""
     from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
 
-    from dllm_strategies.models import native
 
     directory = Path(directory)
     cfg = hf_config(config, family, dtype=dtype)

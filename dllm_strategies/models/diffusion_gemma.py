@@ -42,6 +42,7 @@ import torch
 from dllm_strategies.blocks import BlockRun
 from dllm_strategies.errors import ConfigError, ModelError
 from dllm_strategies.models.families import DIFFUSION_GEMMA, Family
+from dllm_strategies.models.tokenizer import END_OF_TURN, tiny_tokenizer
 from dllm_strategies.state import DecodeState, Logits, Plan
 
 FAMILY = DIFFUSION_GEMMA
@@ -355,7 +356,6 @@ def tiny_diffusion_gemma(*, canvas_length: int = 8, hidden_size: int = 32, num_l
     (so denoising stops early and accepts several tokens at once, as a trained model does)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
-    from dllm_strategies.models.tiny import END_OF_TURN, tiny_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     vocab = len(tokenizer)

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from dllm_arith import task
-from dllm_strategies.models.tiny import CONTINUATION, END_OF_TURN, word_piece_tokenizer
+from dllm_strategies.models.tokenizer import CONTINUATION, END_OF_TURN, word_piece_tokenizer
 
 ANSWER_MARK = "####"
 
