@@ -114,6 +114,8 @@ class BlockRun(Run):
 
     def _end_texts(self, state: DecodeState) -> DecodeState:
         """Apply the end-of-text rule (module docstring) after a step."""
+        if not bool((state.commit_step == state.step - 1).any()):
+            return state  # nothing was decided this step: no text can have ended
         end = text_end(state)
         has = end >= 0
         if not bool(has.any()):

@@ -176,3 +176,18 @@ def test_llada2_moe_is_refused_with_the_reason(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada2_moe"}))
     with pytest.raises(ModelError, match="BailingMoeV2"):
         load_model(str(tmp_path), device="cpu")
+
+
+def test_the_block_benchmark_runs_at_cpu_size(tmp_path):
+    """The GPU benchmark's script at its CPU size: DiffusionGemma beside generate() (same tokens,
+    NFE = decoder passes) and the block-causal exact cache beside the uncached forward."""
+    from dllm_harness import bench_block
+
+    code = bench_block.main(["--device", "cpu", "--size", "tiny", "--batches", "2", "--canvases", "1",
+                             "--repeats", "1", "--denoising-steps", "4", "--block-strategies", "threshold(tau=0.9)",
+                             "--output", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench_block.json").read_text())
+    assert [r["same_tokens"] and r["same_nfe"] for r in report["diffusion_gemma"]] == [True]
+    assert len(report["block_causal"]) == 2 and all(r["same_tokens"] for r in report["block_causal"])
+    assert "ours / generate" in (tmp_path / "bench_block.md").read_text()

@@ -263,6 +263,8 @@ class ExactCanvasCache:
     cache: CanvasCache | None = None
     encoded: int = 0
     masks: dict | None = None
+    # the last view read (rows, cache view, masks): rows that stop one by one keep reading the same subset
+    read: tuple | None = None
 
     def logits(self, model: Any, state: DecodeState, plan: Plan, **inputs: Any) -> Logits:
         """Encoder passes for what was decided since the last step, then one decoder pass over
@@ -287,16 +289,22 @@ class ExactCanvasCache:
                 block = state.response[:, self.encoded:stop]
                 self.cache = model.encode(self.cache, block, torch.ones_like(block, dtype=torch.bool), positions)
                 self.encoded = stop
-            self.masks = None
+            self.masks, self.read = None, None
         if self.masks is None:
             self.masks = model.decoder_masks(self.cache, L)
         whole = state.batch_size == self.batch_size
         rows = None if whole else state.rows
-        masks = {k: (v if whole or v is None else v.index_select(0, rows)) for k, v in self.masks.items()}
+        if whole:
+            view, masks = self.cache, self.masks
+        elif self.read is not None and torch.equal(self.read[0], rows):
+            view, masks = self.read[1], self.read[2]
+        else:
+            view = self.cache.view(rows)
+            masks = {k: (v if v is None else v.index_select(0, rows)) for k, v in self.masks.items()}
+            self.read = (rows, view, masks)
         canvas = state.response[:, start:start + L]
         positions = torch.arange(P + start, P + start + L, device=state.device)[None]
-        values = model.logits(canvas, position_ids=positions, cache=self.cache.view(rows), decoder_masks=masks,
-                              **inputs)
+        values = model.logits(canvas, position_ids=positions, cache=view, decoder_masks=masks, **inputs)
         return Logits(values=values, start=start)
 
 

@@ -205,7 +205,8 @@ class SelfConditioning(Plugin):
         first = state.steps_in_window(plan.window_start) == 0
         if bool(first.all()) or self.previous is None:
             return self.cache.logits(model, state, plan)
-        previous = self.previous.index_select(0, state.rows)
+        whole = state.batch_size == self.previous.shape[0]
+        previous = self.previous if whole else self.previous.index_select(0, state.rows)
         mask = None if not bool(first.any()) else ~first
         return self.cache.logits(model, state, plan, self_conditioning_logits=previous,
                                  self_conditioning_mask=mask)
@@ -213,6 +214,9 @@ class SelfConditioning(Plugin):
     @hookimpl
     def dllm_after_step(self, state, proposal) -> None:
         values = proposal.logits.values.to(self.dtype)
+        if state.batch_size == self.cache.batch_size:  # every row stepped: keep this step's tensor itself
+            self.previous = values
+            return
         if self.previous is None or self.previous.shape[1:] != values.shape[1:]:
             self.previous = values.new_zeros(self.cache.batch_size, *values.shape[1:])
-        self.previous[state.rows] = values
+        self.previous = self.previous.index_copy(0, state.rows, values)  # a new tensor: steps keep theirs
