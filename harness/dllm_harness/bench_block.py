@@ -9,7 +9,8 @@
   whole sequence every step), greedy, so the tokens must agree; wall time, NFE and cache writes.
 
 Random weights decode meaningless text; the comparison is of cost and of sameness.  Sizes:
-``tiny`` runs on a CPU in seconds (the test suite runs it); ``small`` is GPU-sized.
+``tiny`` runs on a CPU in seconds (the test suite runs it), ``base`` in a minute or two;
+``small`` is GPU-sized.
 
     python -m dllm_harness.bench_block --device cpu --size tiny --output /tmp/bench_block
     python -m dllm_harness.bench_block --device cuda --size small --output bench/block
@@ -54,6 +55,9 @@ class Size:
 SIZES = {
     "tiny": Size(dg_hidden=64, dg_layers=2, canvas=16, denoising_steps=16, block_hidden=64, block_layers=2,
                  block_length=4),
+    # Still CPU-sized: a forward long enough that a fixed per-step overhead weighs less.
+    "base": Size(dg_hidden=256, dg_layers=4, canvas=32, denoising_steps=16, block_hidden=256, block_layers=4,
+                 block_length=8),
     "small": Size(dg_hidden=1024, dg_layers=8, canvas=256, denoising_steps=48, block_hidden=1024, block_layers=12,
                   block_length=32),
 }
