@@ -417,13 +417,23 @@ def test_one_step_per_block_never_reuses_and_equals_the_uncached_decode(lively, 
 
 
 @pytest.mark.parametrize("cache", CACHES)
-def test_batch_decodes_as_rows_alone_when_rows_move_in_lockstep(lively, cache):
-    """Under LLaDA's schedule every row spends the same steps per block, so the cache serves a
-    batch with left padding exactly as it serves each row alone."""
-    batch = decode(lively, PROMPTS, strategy=cache, gen_length=16, block_length=8, seed=0)
+@pytest.mark.parametrize("rule", ["", "threshold(tau=0.3)+eot"])
+def test_every_row_decodes_as_alone_in_any_batch_and_order(lively, cache, rule):
+    """Each row's cache is its own: in lockstep (LLaDA's schedule) and with rows that drift into
+    different blocks and are cut at different steps, every row of a batch, in either order,
+    decodes as it decodes alone: the same tokens, steps and NFE."""
+    spec = f"{rule}+{cache}" if rule else cache
+    shape = {"gen_length": 16, "block_length": 8}
+    batch = decode(lively, PROMPTS, strategy=spec, **shape)
+    backwards = decode(lively, PROMPTS[::-1], strategy=spec, **shape)
     for i, prompt in enumerate(PROMPTS):
-        alone = decode(lively, [prompt], strategy=cache, gen_length=16, block_length=8, seed=0)
-        assert torch.equal(alone.tokens[0], batch.tokens[i])
+        alone = decode(lively, [prompt], strategy=spec, **shape)
+        j = len(PROMPTS) - 1 - i
+        for other, row in ((batch, i), (backwards, j)):
+            assert torch.equal(other.tokens[row], alone.tokens[0])
+            assert (int(other.steps[row]), int(other.nfe[row])) == (int(alone.steps[0]), int(alone.nfe[0]))
+    if rule:  # the rows drifted: some steps refreshed some rows and reused the others' caches
+        assert batch.forwards > int(batch.steps.max())
 
 
 @pytest.mark.parametrize("cache", CACHES)

@@ -1,7 +1,8 @@
 """Which models a KV cache can serve, checked once when a run starts (hook ``dllm_start``).
 
-A cache needs a transformers decoder module (``model.module``) whose forward takes
-``past_key_values`` and an explicit 4-D attention mask, attends bidirectionally
+A cache needs a transformers decoder module (``model.module``) whose forward takes a KV cache
+(``cache``, or ``past_key_values`` in releases before the rename) and an explicit 4-D attention
+mask, attends bidirectionally
 (``is_causal=False``, as LLaDA, Dream and the project's own models are built), keeps full
 (not sliding-window) attention in every layer, and runs ``sdpa`` or ``eager`` attention (the
 two that take a prepared 4-D mask).  Anything else, a fake model, a ``*ForMaskedLM``, a causal
@@ -32,12 +33,16 @@ class CacheableModel:
             floats instead of booleans.
         shifted: the family's logits are shifted (Dream): position i scores token i+1.
         dtype: the module's floating dtype.
+        cache_keyword: the forward's name for the cache argument: ``cache`` where it has one
+            (transformers 5.24 deprecates ``past_key_values``, to be removed in 5.40), else
+            ``past_key_values``.
     """
 
     config: Any
     additive_mask: bool
     shifted: bool
     dtype: torch.dtype
+    cache_keyword: str = "past_key_values"
 
 
 def _name(model: Any) -> str:
@@ -60,18 +65,19 @@ def require_cacheable(plugin: str, model: Any) -> CacheableModel:
     module = getattr(model, "module", None)
     if not isinstance(module, torch.nn.Module) or getattr(module, "config", None) is None:
         raise ModelError(
-            f"plugin {plugin!r} needs a transformers decoder whose forward takes past_key_values, but model "
-            f"{name} ({type(_innermost(model)).__name__}) has no such module; a KV cache works only "
+            f"plugin {plugin!r} needs a transformers decoder whose forward takes a KV cache (cache / past_key_values), "
+            f"but model {name} ({type(_innermost(model)).__name__}) has no such module; a KV cache works only "
             f"with LLaDA, Dream or bidirectional *ForCausalLM models: drop {plugin!r} from the strategy for this model"
         )
     cls = type(module).__name__
     parameters = inspect.signature(module.forward).parameters
-    takes_cache = "past_key_values" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    keyword = "cache" if "cache" in parameters else "past_key_values"
+    takes_cache = keyword in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if "ForMaskedLM" in cls or not takes_cache:
         raise ModelError(
-            f"plugin {plugin!r} cannot cache keys and values of model {name}: {cls}.forward takes no past_key_values "
-            f"(encoder models such as *ForMaskedLM have no KV cache); drop {plugin!r} from the strategy for this model"
+            f"plugin {plugin!r} cannot cache keys and values of model {name}: {cls}.forward takes no KV cache "
+            f"(cache / past_key_values; encoder models such as *ForMaskedLM have none); drop {plugin!r} from the "
+            "strategy for this model"
         )
     config = module.config
     if getattr(config, "is_causal", True) is not False:
@@ -96,4 +102,4 @@ def require_cacheable(plugin: str, model: Any) -> CacheableModel:
     family = getattr(model, "family", None)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     return CacheableModel(config=config, additive_mask=attention == "eager",
-                          shifted=bool(getattr(family, "shifted", False)), dtype=dtype)
+                          shifted=bool(getattr(family, "shifted", False)), dtype=dtype, cache_keyword=keyword)
