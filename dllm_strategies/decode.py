@@ -62,7 +62,7 @@ class MeteredModel:
             if rows is None:
                 self.charged += 1
             else:
-                self.charged.index_add_(0, rows.to(self.charged.device), torch.ones_like(rows, device=self.charged.device))
+                self.charged[rows] += 1
         if attention_mask is not None and attention_mask.dim() == 2:
             self._positions = self._positions + attention_mask.sum()
         else:
