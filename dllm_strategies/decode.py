@@ -501,10 +501,7 @@ def _stop(strategy: RunPlugins, state: DecodeState, proposal: Proposal, commit: 
 def answer_lengths(tokens: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
     """(B,) response tokens before the first end-of-text / end-of-turn / fill token: the answer
     tokens of docs/metrics.md (before any stop-sequence cut, which needs the text)."""
-    stops = torch.isin(tokens, torch.tensor((*config.eot_ids, config.fill_id), device=tokens.device))
-    first = torch.where(stops.any(1), stops.long().argmax(1), torch.full_like(stops[:, 0], tokens.shape[1],
-                                                                              dtype=torch.long))
-    return first
+    return ops.first_index_of(tokens, (*config.eot_ids, config.fill_id))
 
 
 def _texts(model: Any, tokens: torch.Tensor, config: DecodeConfig, lengths: torch.Tensor) -> list[str]:

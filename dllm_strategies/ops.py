@@ -74,3 +74,19 @@ def argmax_except(logits: torch.Tensor, banned: int) -> torch.Tensor:
         second = logits[bad].topk(2, dim=-1).indices
         tokens[bad] = torch.where(second[:, 0] == banned, second[:, 1], second[:, 0])
     return tokens
+
+
+def first_index_of(tokens: torch.Tensor, ids) -> torch.Tensor:
+    """(B,) column of the first token of each row of ``tokens`` (B, N) that is one of ``ids``
+    (N when there is none): where an answer ends at its first end-of-text token."""
+    hit = torch.isin(tokens, torch.tensor(sorted(set(ids)), dtype=tokens.dtype, device=tokens.device))
+    first = hit.long().argmax(1)
+    return torch.where(hit.any(1), first, torch.full_like(first, tokens.shape[1]))
+
+
+def answer_blocks(answer_lengths: torch.Tensor, num_blocks: int, block_length: int) -> torch.Tensor:
+    """(B, num_blocks) bool: the blocks that hold at least one of a row's first
+    ``answer_lengths`` columns (the rest are its end-of-text tail)."""
+    starts = torch.arange(num_blocks, device=answer_lengths.device)[None, :] * block_length
+    return starts < answer_lengths[:, None]
+

@@ -59,7 +59,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from dllm_strategies import decode, discovery, encode_prompts
+from dllm_strategies import decode, discovery, encode_prompts, ops
 from dllm_strategies.errors import ConfigError
 from dllm_strategies.progress import DecodeProgress
 from dllm_strategies.spec import format_spec, parse_spec
@@ -356,7 +356,7 @@ class DllmLM(LM):
                 with torch.inference_mode():
                     result = decode(self.model, ids, prompt_mask=mask, strategy=strategy, gen_length=gen_length,
                                     block_length=self._block_for(gen_length), steps=self.steps, seed=self.seed)
-                ends = metrics.first_stop_index(result.tokens, stop_ids)
+                ends = ops.first_index_of(result.tokens, stop_ids)
                 if max_toks is not None:
                     ends = ends.clamp(max=max_toks)
                 rows = result.tokens.tolist()

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import torch
 
+from dllm_strategies import ops
 from dllm_strategies.errors import ConfigError
 
 AUP_DROP = 5.0  # points more than this many accuracy points below y_1 are dropped
@@ -41,15 +42,6 @@ AUP_SLOPE = 3.0  # W(y) = min(exp(-AUP_SLOPE * (1 - y / y_max)), 1)
 # ------------------------------------------------------------------------------------------
 # Answer tokens
 # ------------------------------------------------------------------------------------------
-def first_stop_index(tokens: torch.Tensor, stop_ids: Iterable[int]) -> torch.Tensor:
-    """(B,) index of the first token of each row that is one of ``stop_ids`` (the row
-    length when there is none)."""
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=tokens.dtype, device=tokens.device)
-    hit = torch.isin(tokens, stop)
-    first = hit.long().argmax(1)
-    return torch.where(hit.any(1), first, torch.full_like(first, tokens.shape[1]))
-
-
 def _contains_stop(text: str, stops: Sequence[str]) -> bool:
     return any(stop in text for stop in stops)
 
@@ -65,7 +57,7 @@ def answer_lengths(tokens: torch.Tensor, eot_ids: Iterable[int], *, tokenizer: A
         stops: stop strings; the answer is the longest prefix whose text contains none.
         max_tokens: cap on the answer (lm-eval's ``max_gen_toks``), or None.
     """
-    lengths = first_stop_index(tokens, eot_ids)
+    lengths = ops.first_index_of(tokens, eot_ids)
     if max_tokens is not None:
         lengths = lengths.clamp(max=max_tokens)
     stops = [s for s in stops if s]
@@ -111,9 +103,7 @@ def split_forwards(block_nfe: torch.Tensor, answer_tokens: torch.Tensor,
     if num_blocks < 1 or gen_length % num_blocks:
         raise ConfigError(f"split_forwards: gen_length={gen_length} is not {num_blocks} blocks of equal length; "
                           "pass the response length the decode that gave block_nfe used")
-    block_length = gen_length // num_blocks
-    starts = torch.arange(num_blocks, device=block_nfe.device) * block_length
-    answer = starts[None, :] < answer_tokens.to(block_nfe.device)[:, None]
+    answer = ops.answer_blocks(answer_tokens.to(block_nfe.device), num_blocks, gen_length // num_blocks)
     return (block_nfe * answer).sum(1), (block_nfe * ~answer).sum(1)
 
 

@@ -129,15 +129,12 @@ class _Tally:
 
 def answer_lengths(targets: torch.Tensor, end_ids: Sequence[int]) -> torch.Tensor:
     """(B,) answer tokens per row of ``targets`` (B, G): the columns before the first end id."""
-    ends = torch.isin(targets, torch.tensor(list(end_ids), device=targets.device))
-    first = ends.long().argmax(1)
-    return torch.where(ends.any(1), first, torch.full_like(first, targets.shape[1]))
+    return ops.first_index_of(targets, end_ids)
 
 
 def block_kinds(answer: torch.Tensor, num_blocks: int, block_length: int) -> torch.Tensor:
     """(B, num_blocks) bool, True for an answer block (it holds a column before ``answer``)."""
-    starts = torch.arange(num_blocks, device=answer.device)[None, :] * block_length
-    return starts < answer[:, None]
+    return ops.answer_blocks(answer, num_blocks, block_length)
 
 
 def _padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
