@@ -23,7 +23,7 @@ V = 12
 MASK = 0
 INF = float("inf")
 SPECS = ["eb_sampler", "wino", "prophet", "credit", "local_leap", "klass"]
-TEXT_PROMPTS = ["Tom has 3 apples", "Ann has 2 pens and 4 cups"]
+TEXT_PROMPTS = ["Tom has 3 apples", "Ann has 2 books and 4 coins"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -515,8 +515,9 @@ def load_tokenizer(directory: Path, family: Family | None = None):
     Dream-family checkpoints name ``DreamTokenizer`` (``tokenization_dream.py``, a copy of
     Qwen2's byte-level BPE over ``vocab.json``/``merges.txt``) through ``auto_map``, which
     ``AutoTokenizer`` refuses without ``trust_remote_code``; it loads as ``Qwen2Tokenizer``.
-    Other checkpoints (LLaDA's ``PreTrainedTokenizerFast`` over ``tokenizer.json``) go
-    through ``AutoTokenizer`` with remote code off; a remote tokenizer class with a
+    Other checkpoints load through the class their ``tokenizer_config.json`` names (LLaDA's
+    ``PreTrainedTokenizerFast`` over ``tokenizer.json``), or ``AutoTokenizer`` with remote code
+    off when it names none; a remote tokenizer class with a
     ``tokenizer.json`` present loads as ``PreTrainedTokenizerFast``.
 
     Raises:
@@ -536,6 +537,10 @@ def load_tokenizer(directory: Path, family: Family | None = None):
         if (remote or tok_class == "PreTrainedTokenizerFast") and (directory / "tokenizer.json").is_file():
             # Directly: AutoTokenizer would read config.json and warn that it does not know model_type "llada".
             return transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
+        if tok_class and not remote:
+            # The named class directly: AutoTokenizer would read config.json only to find it, and
+            # building a config from a family's legacy keys (Dream's ``rope_scaling``) warns.
+            return getattr(transformers, tok_class).from_pretrained(str(directory))
         return transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"cannot load the tokenizer of {directory} without remote code "
