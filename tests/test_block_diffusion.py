@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 import torch
 
@@ -191,3 +192,57 @@ def test_the_block_benchmark_runs_at_cpu_size(tmp_path):
     assert [r["same_tokens"] and r["same_nfe"] for r in report["diffusion_gemma"]] == [True]
     assert len(report["block_causal"]) == 2 and all(r["same_tokens"] for r in report["block_causal"])
     assert "ours / generate" in (tmp_path / "bench_block.md").read_text()
+
+
+def test_the_bench_reports_a_block_models_encoder_passes_apart_from_nfe():
+    """The bench runs a block-diffusion model unchanged and reports its cache writes (encoder
+    passes) in their own column, never inside NFE; a table of masked models keeps its columns."""
+    from dllm_harness import bench, matrix, report
+    from dllm_strategies import discovery
+
+    model = tiny_block_causal(dtype=torch.float64, seed=2)
+    problems = discovery.task("arith").test_problems()[:2]
+    entries = matrix.expand([matrix.Entry(spec="threshold(tau=0.9)")], [8], block_length=4)
+    entry = next(e for e in entries if not e.baseline)
+    result = bench.run_entry(model, entry, problems, batch_size=2, seed=0, chat=False, example=0, progress=False)
+    direct = decode(model, [p.question for p in problems], strategy="threshold(tau=0.9)", gen_length=8,
+                    block_length=4)
+    assert direct.encoder_forwards > 0
+    assert [r.encoder_forwards for r in result.records] == [direct.encoder_forwards] * 2
+    assert [r.nfe for r in result.records] == direct.nfe.tolist()
+    summary = result.summary()
+    assert summary["mean_encoder_forwards"] == direct.encoder_forwards
+    meta = {"problem_set": "x", "seed": 0, "batch_size": 2, "torch_threads": 1}
+    header, _, row = report.markdown([result], [], meta).splitlines()[2:5]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert columns[6:8] == ["mean NFE", "encoder passes"]
+    assert cells[7] == f"{float(direct.encoder_forwards):.1f}"
+    masked = attrs.evolve(result, records=[attrs.evolve(r, encoder_forwards=0) for r in result.records])
+    assert "encoder passes" not in report.markdown([masked], [], meta)
+
+
+def test_generate_and_the_lm_eval_model_run_block_models_with_their_own_decoding(tmp_path, capsys):
+    """The CLI and the lm-eval model need nothing new for these families: a saved DiffusionGemma or
+    SDAR checkpoint decodes with its own strategy and block when none is given, and both report its
+    encoder passes apart from NFE."""
+    lm_eval_model = pytest.importorskip("dllm_harness.lm_eval_model")
+    from lm_eval.api.instance import Instance
+
+    from dllm_strategies.cli import main
+
+    dg = tiny_diffusion_gemma(seed=1, sharpness=30.0)
+    dg.module.save_pretrained(tmp_path / "dg")
+    dg.tokenizer.save_pretrained(tmp_path / "dg")
+    sdar = _save_qwen(tmp_path, tiny_block_causal(seed=4), "sdar", {})
+    for path, gen in ((str(tmp_path / "dg"), 2 * dg.block_length), (sdar, 8)):
+        assert main(["generate", "--model", path, "--gen-length", str(gen), "--json", "--quiet", "--raw",
+                     "Tom has 3 apples", "hi"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows) == 2 and all(r["nfe"] > 0 and r["encoder_passes"] > 0 for r in rows)
+        lm = lm_eval_model.DllmLM(pretrained=path, gen_length=gen, batch_size=2, progress=False)
+        requests = [Instance(request_type="generate_until", doc={}, arguments=(text, {"until": []}), idx=0,
+                             metadata=("t", doc, 1)) for doc, text in enumerate(["Tom has 3 apples", "hi"])]
+        assert len(lm.generate_until(requests)) == 2
+        summary = lm.get_model_info()["dllm"]["costs"]["generate_until"]["all"]
+        assert summary["encoder_forwards"] > 0 and summary["nfe"] > 0

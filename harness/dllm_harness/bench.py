@@ -58,6 +58,7 @@ class ProblemRecord:
     text: str
     answer_forwards: int | None = None
     tail_forwards: int | None = None
+    encoder_forwards: int = 0  # the batch's encoder passes (block-diffusion models), apart from nfe
 
 
 @attrs.frozen
@@ -91,7 +92,8 @@ class EntryResult:
         return metrics.CostTotals.of(
             metrics.RequestCost(kind="bench", task=self.entry.display, doc_id=r.index, nfe=r.nfe, steps=r.steps,
                                 answer_tokens=r.answer_tokens, seconds=r.seconds, answer_forwards=r.answer_forwards,
-                                tail_forwards=r.tail_forwards) for r in self.records)
+                                tail_forwards=r.tail_forwards, encoder_forwards=r.encoder_forwards)
+            for r in self.records)
 
     @property
     def accuracy(self) -> float:
@@ -111,6 +113,7 @@ class EntryResult:
                 "accuracy": self.accuracy, "mean_nfe": t.mean_nfe, "mean_steps": t.mean_steps, "tpf": t.tpf,
                 "mean_answer_forwards": t.mean_answer_forwards, "mean_tail_forwards": t.mean_tail_forwards,
                 "answer_tpf": t.answer_tpf, "answer_forwards": t.answer_forwards, "tail_forwards": t.tail_forwards,
+                "mean_encoder_forwards": t.mean_encoder_forwards,
                 "tokens_per_second": t.tokens_per_second, "seconds": t.seconds, "answer_tokens": t.answer_tokens,
                 "speedup": self.speedup}
 
@@ -157,7 +160,8 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch
                 records.append(ProblemRecord(index=start + row, answer=problem.answer, predicted=predicted,
                                              correct=predicted == problem.answer, nfe=nfe[row], steps=steps[row],
                                              answer_tokens=answers[row], seconds=seconds_each, text=result.text[row],
-                                             answer_forwards=answer_fw[row], tail_forwards=tail_fw[row]))
+                                             answer_forwards=answer_fw[row], tail_forwards=tail_fw[row],
+                                             encoder_forwards=int(result.encoder_forwards)))
             if start <= example < start + len(chunk):
                 row = example - start
                 tokens = result.tokens[row]

@@ -288,6 +288,8 @@ class DllmLM(LM):
                          f"{totals.mean_answer_forwards:.1f} / {totals.mean_tail_forwards:.1f}, TPF {totals.tpf:.2f}, "
                          f"answer TPF {totals.answer_tpf:.2f}, {totals.tokens_per_second:.1f} tokens/s, "
                          f"{totals.hit_length} reached gen_length")
+                if totals.encoder_forwards:
+                    line += f", mean encoder passes {totals.mean_encoder_forwards:.1f} (not in NFE)"
             print(line, file=sys.stderr)
 
     def _spec_for(self, gen_kwargs: dict[str, Any]) -> str:
@@ -375,7 +377,8 @@ class DllmLM(LM):
                             kind="generate_until", task=str(requests[i].task_name), doc_id=int(requests[i].doc_id or 0),
                             nfe=int(result.nfe[row]), steps=int(result.steps[row]), answer_tokens=int(answers[row]),
                             seconds=share, gen_length=gen_length, hit_length=bool(hit[row]),
-                            answer_forwards=int(answer_fw[row]), tail_forwards=int(tail_fw[row])))
+                            answer_forwards=int(answer_fw[row]), tail_forwards=int(tail_fw[row]),
+                            encoder_forwards=int(result.encoder_forwards)))
         bar.finish_run()
         bar.close()
         self._record("generate_until", costs)

@@ -15,6 +15,10 @@
   that hold none (all end-of-text, cut by end-of-text truncation, or past a stop sequence).  See
   :func:`split_forwards`.
 * **Answer TPF** of a set: ``sum(answer tokens) / sum(answer forwards)``.
+* **Encoder passes** of a request: the passes that wrote finished blocks into a
+  block-diffusion model's exact cache (``DecodeResult.encoder_forwards``: DiffusionGemma's
+  encoder, a block-causal model's block writes) during its batch's decode; never part of NFE,
+  which counts the passes that score undecided positions.  0 for every other model.
 * **Tokens per second** of a set: ``sum(answer tokens) / sum(decode wall seconds)``; the wall
   time of a batch is shared equally by its rows; model loading and tokenisation are outside it.
 * **Speedup** of a method: ``baseline seconds / method seconds`` on the same problems, the same
@@ -138,6 +142,8 @@ class RequestCost:
             answer may have been cut by ``gen_length``.
         answer_forwards / tail_forwards: ``nfe`` split by :func:`split_forwards`; None where
             there is no split (likelihood requests, bench records journaled before it existed).
+        encoder_forwards: encoder passes of the request's batch (block-diffusion models' cache
+            writes; 0 for every other model), apart from ``nfe``.
     """
 
     kind: str
@@ -151,6 +157,7 @@ class RequestCost:
     hit_length: bool = False
     answer_forwards: int | None = None
     tail_forwards: int | None = None
+    encoder_forwards: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -166,6 +173,7 @@ class CostTotals:
         hit_length: requests whose response reached ``gen_length`` without an end-of-text.
         answer_forwards / tail_forwards: sums over the requests; None unless every request
             has the split (a sum over part of the set would understate it).
+        encoder_forwards: sum over the requests of their encoder passes.
     """
 
     requests: int = 0
@@ -176,6 +184,7 @@ class CostTotals:
     hit_length: int = 0
     answer_forwards: int | None = 0
     tail_forwards: int | None = 0
+    encoder_forwards: int = 0
 
     @classmethod
     def of(cls, costs: Iterable[RequestCost]) -> CostTotals:
@@ -185,7 +194,8 @@ class CostTotals:
                    answer_tokens=sum(c.answer_tokens for c in costs), seconds=sum(c.seconds for c in costs),
                    hit_length=sum(c.hit_length for c in costs),
                    answer_forwards=sum(c.answer_forwards for c in costs) if split else None,
-                   tail_forwards=sum(c.tail_forwards for c in costs) if split else None)
+                   tail_forwards=sum(c.tail_forwards for c in costs) if split else None,
+                   encoder_forwards=sum(c.encoder_forwards for c in costs))
 
     @property
     def mean_nfe(self) -> float:
@@ -212,6 +222,10 @@ class CostTotals:
         return _mean(self.tail_forwards, self.requests)
 
     @property
+    def mean_encoder_forwards(self) -> float:
+        return self.encoder_forwards / self.requests if self.requests else 0.0
+
+    @property
     def answer_tpf(self) -> float | None:
         """Answer tokens per answer forward (None without the split)."""
         return None if self.answer_forwards is None else tokens_per_forward(self.answer_tokens, self.answer_forwards)
@@ -222,7 +236,8 @@ class CostTotals:
                 "mean_steps": self.mean_steps, "answer_tokens": self.answer_tokens, "tpf": self.tpf,
                 "answer_forwards": self.answer_forwards, "tail_forwards": self.tail_forwards,
                 "mean_answer_forwards": self.mean_answer_forwards, "mean_tail_forwards": self.mean_tail_forwards,
-                "answer_tpf": self.answer_tpf, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
+                "answer_tpf": self.answer_tpf, "encoder_forwards": self.encoder_forwards,
+                "mean_encoder_forwards": self.mean_encoder_forwards, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
                 "hit_length": self.hit_length}
 
 

@@ -13,6 +13,9 @@ import attrs
 # and on the end-of-text tail (docs/metrics.md); at a long gen length the tail can dominate.
 COLUMNS = ("model", "gen", "block", "strategy", "steps", "accuracy %", "mean NFE", "answer NFE", "tail NFE", "TPF",
            "answer TPF", "tokens/s", "speedup")
+# Shown after "mean NFE" only when an entry ran a block-diffusion model: the passes that wrote
+# finished blocks into its exact cache, which NFE does not count.
+ENCODER_COLUMN = "encoder passes"
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -26,16 +29,23 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
     lines = [f"Benchmark on {meta['problem_set']} (seed {meta['seed']}, batch {meta['batch_size']}, "
              f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md; answer NFE + tail NFE = mean NFE, "
              "the forwards spent on blocks that hold answer tokens and on blocks that end up all end-of-text; "
-             "answer TPF = answer tokens / answer NFE.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for r in results:
-        s = r.summary()
+             "answer TPF = answer tokens / answer NFE.", ""]
+    summaries = [r.summary() for r in results]
+    encoder = any(s.get("mean_encoder_forwards") for s in summaries)
+    columns = list(COLUMNS)
+    if encoder:
+        columns.insert(columns.index("mean NFE") + 1, ENCODER_COLUMN)
+        lines[0] += " Encoder passes: cache writes of a block-diffusion model, not counted in NFE."
+    lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for s in summaries:
         name = f"**{s['label']}**" if s["baseline"] else s["label"]
         speed = "1.00x (baseline)" if s["baseline"] else (f"{s['speedup']:.2f}x" if s["speedup"] else "-")
         cells = [s["model"], str(s["gen_length"]), str(s["block_length"]), name, str(s["steps"]),
                  _number(s["accuracy"], 1), _number(s["mean_nfe"], 1), _number(s["mean_answer_forwards"], 1),
                  _number(s["mean_tail_forwards"], 1), _number(s["tpf"], 2), _number(s["answer_tpf"], 2),
                  _number(s["tokens_per_second"], 1), speed]
+        if encoder:
+            cells.insert(columns.index(ENCODER_COLUMN), _number(s.get("mean_encoder_forwards"), 1))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if aups:
         lines += ["", "AUP (area under the (TPF, accuracy) curve; methods with several points):", "",
