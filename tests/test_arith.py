@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import attrs
@@ -38,6 +39,27 @@ def test_difficulty_knobs():
         assert p.solution.count("=") == 1 and not p.solution.startswith(("so", "and"))
     with pytest.raises(ValueError):
         task.Difficulty(min_ops=3, max_ops=2)
+
+
+def test_the_long_answer_variant_fills_three_or_four_blocks_within_gen_128():
+    long = task.Difficulty(min_ops=10, max_ops=12)
+    tok = build_tokenizer()
+    for p in task.generate(200, seed=3, difficulty=long):
+        assert task.extract_answer(p.solution) == p.answer and 10 <= p.solution.count("=") <= 12
+        assert 2 * 32 < len(tok(p.solution, add_special_tokens=False)["input_ids"]) <= 128
+    with pytest.raises(ValueError):
+        task.Difficulty(max_ops=17)
+
+
+def test_the_commands_take_min_ops():
+    parser = argparse.ArgumentParser()
+    task.add_difficulty_arguments(parser)
+    args = parser.parse_args(["--min-ops", "10", "--max-ops", "12"])
+    assert task.difficulty_from_args(args) == task.Difficulty(min_ops=10, max_ops=12)
+    inherited = argparse.ArgumentParser()
+    task.add_difficulty_arguments(inherited, defaults=None)
+    base = {"min_ops": 10, "max_ops": 12, "max_operand": 9, "max_total": 60, "forms": 2}
+    assert task.difficulty_from_args(inherited.parse_args([]), base) == task.Difficulty(min_ops=10, max_ops=12)
 
 
 def test_shipped_test_split_is_fixed_unique_and_never_trained_on():

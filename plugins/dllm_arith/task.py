@@ -74,7 +74,8 @@ class Difficulty:
 
     Attributes:
         min_ops: fewest events after the start (>= 1).
-        max_ops: most events (<= 4 keeps a solution within 64 tokens).
+        max_ops: most events, at most 16 (<= 4 keeps a solution within 64 tokens; 10 to 12,
+            the long-answer variant, give 67 to 116 tokens: 3 or 4 blocks of 32, within 128).
         max_operand: largest number in the story (start and every event).
         max_total: the running total never exceeds this.
         forms: 0 canonical solution text only; 1 also swaps the operands of a sum;
@@ -82,7 +83,7 @@ class Difficulty:
     """
 
     min_ops: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    max_ops: int = attrs.field(default=4, validator=attrs.validators.le(8))
+    max_ops: int = attrs.field(default=4, validator=attrs.validators.le(16))
     max_operand: int = attrs.field(default=9, validator=attrs.validators.ge(1))
     max_total: int = attrs.field(default=60, validator=attrs.validators.ge(2))
     forms: int = attrs.field(default=2, validator=attrs.validators.in_((0, 1, 2)))
@@ -96,6 +97,8 @@ def add_difficulty_arguments(parser: argparse.ArgumentParser, *, defaults: Diffi
     """The task's difficulty flags, shared by every command that makes problems.  ``defaults=None``
     leaves them unset (None), for a command that takes the difficulty from elsewhere (a teacher's
     recipe) unless the user overrides it."""
+    parser.add_argument("--min-ops", type=int, default=defaults and defaults.min_ops, metavar="N",
+                        help=f"fewest events per problem (default: {defaults.min_ops if defaults else 'inherited'})")
     parser.add_argument("--max-ops", type=int, default=defaults and defaults.max_ops, metavar="N",
                         help=f"most events per problem (default: {defaults.max_ops if defaults else 'inherited'})")
     parser.add_argument("--max-operand", type=int, default=defaults and defaults.max_operand, metavar="N",
@@ -109,7 +112,7 @@ def add_difficulty_arguments(parser: argparse.ArgumentParser, *, defaults: Diffi
 def difficulty_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Difficulty:
     """``base`` difficulty values overridden by the flags the user gave (ValueError if they clash)."""
     values = dict(base or {})
-    values.update({key: getattr(args, key) for key in ("max_ops", "max_operand", "forms")
+    values.update({key: getattr(args, key) for key in ("min_ops", "max_ops", "max_operand", "forms")
                    if getattr(args, key, None) is not None})
     try:
         return Difficulty(**values)
