@@ -195,16 +195,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             result = decode(model, batch, strategy=strategy, gen_length=args.gen_length,
                             block_length=block_length, steps=args.steps, seed=args.seed, chat=not args.raw)
             for i, text in enumerate(result.text):
-                # encoder passes: a block-diffusion model's cache writes for the whole batch, not NFE
+                # encoder forwards: a block-diffusion model's cache writes for the whole batch, not NFE
                 row = {"prompt": batch[i], "text": text, "steps": int(result.steps[i]), "nfe": int(result.nfe[i]),
-                       "tokens": int(result.answer_length[i]), "encoder_passes": int(result.encoder_forwards)}
+                       "tokens": int(result.answer_length[i]), "encoder_forwards": int(result.encoder_forwards)}
                 results.append(row)
             seconds = result.wall_time
             generated = sum(r["tokens"] for r in results[-len(batch):])
             if not args.json:
                 progress.finish_run()
                 for row in results[-len(batch):]:
-                    encoder = f", {row['encoder_passes']} encoder passes" if row["encoder_passes"] else ""
+                    encoder = f", {row['encoder_forwards']} encoder passes" if row["encoder_forwards"] else ""
                     progress.write(f"> {row['prompt']}\n{row['text']}\n  [steps {row['steps']}, NFE {row['nfe']}"
                                    f"{encoder}, {row['tokens']} tokens]")
                 progress.write(f"  batch of {len(batch)}: {seconds:.2f} s, {generated / max(seconds, 1e-9):.1f} "
@@ -256,7 +256,7 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--trust-remote-code", "--trust_remote_code", dest="trust_remote_code", action="store_true",
                    help="allow a hub checkpoint's own modelling code (for families not supported natively)")
     g.add_argument("--json", action="store_true",
-                   help="print one JSON list of {prompt, text, steps, nfe, tokens, encoder_passes} instead of text")
+                   help="print one JSON list of {prompt, text, steps, nfe, tokens, encoder_forwards} instead of text")
     quiet_option(g)
     g.set_defaults(func=cmd_generate)
 

@@ -239,7 +239,7 @@ def test_generate_and_the_lm_eval_model_run_block_models_with_their_own_decoding
         assert main(["generate", "--model", path, "--gen-length", str(gen), "--json", "--quiet", "--raw",
                      "Tom has 3 apples", "hi"]) == 0
         rows = json.loads(capsys.readouterr().out)
-        assert len(rows) == 2 and all(r["nfe"] > 0 and r["encoder_passes"] > 0 for r in rows)
+        assert len(rows) == 2 and all(r["nfe"] > 0 and r["encoder_forwards"] > 0 for r in rows)
         lm = lm_eval_model.DllmLM(pretrained=path, gen_length=gen, batch_size=2, progress=False)
         requests = [Instance(request_type="generate_until", doc={}, arguments=(text, {"until": []}), idx=0,
                              metadata=("t", doc, 1)) for doc, text in enumerate(["Tom has 3 apples", "hi"])]

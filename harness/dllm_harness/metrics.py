@@ -223,7 +223,7 @@ class CostTotals:
 
     @property
     def mean_encoder_forwards(self) -> float:
-        return self.encoder_forwards / self.requests if self.requests else 0.0
+        return _mean(self.encoder_forwards, self.requests)
 
     @property
     def answer_tpf(self) -> float | None:
@@ -237,8 +237,8 @@ class CostTotals:
                 "answer_forwards": self.answer_forwards, "tail_forwards": self.tail_forwards,
                 "mean_answer_forwards": self.mean_answer_forwards, "mean_tail_forwards": self.mean_tail_forwards,
                 "answer_tpf": self.answer_tpf, "encoder_forwards": self.encoder_forwards,
-                "mean_encoder_forwards": self.mean_encoder_forwards, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
-                "hit_length": self.hit_length}
+                "mean_encoder_forwards": self.mean_encoder_forwards, "seconds": self.seconds,
+                "tokens_per_second": self.tokens_per_second, "hit_length": self.hit_length}
 
 
 def _mean(total: int | None, requests: int) -> float | None:

@@ -31,7 +31,7 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
              "the forwards spent on blocks that hold answer tokens and on blocks that end up all end-of-text; "
              "answer TPF = answer tokens / answer NFE.", ""]
     summaries = [r.summary() for r in results]
-    encoder = any(s.get("mean_encoder_forwards") for s in summaries)
+    encoder = any(s["mean_encoder_forwards"] for s in summaries)
     columns = list(COLUMNS)
     if encoder:
         columns.insert(columns.index("mean NFE") + 1, ENCODER_COLUMN)
@@ -45,7 +45,7 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
                  _number(s["mean_tail_forwards"], 1), _number(s["tpf"], 2), _number(s["answer_tpf"], 2),
                  _number(s["tokens_per_second"], 1), speed]
         if encoder:
-            cells.insert(columns.index(ENCODER_COLUMN), _number(s.get("mean_encoder_forwards"), 1))
+            cells.insert(columns.index(ENCODER_COLUMN), _number(s["mean_encoder_forwards"], 1))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if aups:
         lines += ["", "AUP (area under the (TPF, accuracy) curve; methods with several points):", "",
