@@ -68,6 +68,7 @@ class BlockRun(Run):
 
     lockstep: bool = False
     over: torch.Tensor | None = None
+    block: int | None = None  # lockstep: the block the batch is decoding
 
     @classmethod
     @torch.no_grad()
@@ -81,9 +82,16 @@ class BlockRun(Run):
         """(n,) the rows that take the next step."""
         state = self.state
         active = ~state.finished
-        if self.lockstep and bool(active.any()):
-            block = open_block(state)
-            active = active & (block == block[active].min())
+        if self.lockstep:
+            if self.block is not None:  # rows only ever leave a block: those still in it step
+                L = state.config.block_length
+                here = active & state.masked[:, self.block * L:(self.block + 1) * L].any(1)
+                if bool(here.any()):
+                    return here.nonzero().squeeze(1)
+            if bool(active.any()):
+                block = open_block(state)
+                self.block = int(block[active].min())
+                active = active & (block == self.block)
         return active.nonzero().squeeze(1)
 
     @torch.no_grad()
@@ -99,13 +107,16 @@ class BlockRun(Run):
         part = state if whole else state.take(live)
         record = _step(self.strategy, self.metered, part, live)
         after = record.after
-        ghosts = self.over.index_select(0, live)
+        ghosts = self.over if whole else self.over.index_select(0, live)
         if bool(ghosts.any()):  # a row whose text is over is not charged for lockstep's extra steps
             keep = ghosts[:, None]
-            after = attrs.evolve(after, nfe=torch.where(ghosts, part.nfe, after.nfe),
+            after = after.evolve(nfe=torch.where(ghosts, part.nfe, after.nfe),
                                  taken=torch.where(ghosts, part.taken, after.taken),
                                  block_nfe=torch.where(keep, part.block_nfe, after.block_nfe))
-        self.forced[live] += record.forced
+        if whole:
+            self.forced += record.forced
+        else:
+            self.forced[live] += record.forced
         merged = after if whole else state.put(live, after)
         self.state = self._end_texts(merged)
         if self.frames is not None:
@@ -123,7 +134,7 @@ class BlockRun(Run):
         fill = state.config.fill_id
         cols = state.columns[None, :]
         after = has[:, None] & (cols > end[:, None]) & ~state.masked
-        state = attrs.evolve(state, response=state.response.masked_fill(after, fill))
+        state = state.evolve(response=state.response.masked_fill(after, fill))
         self.over = self.over | has
         if self.lockstep and not bool(self.over.all()):
             return state
@@ -132,6 +143,6 @@ class BlockRun(Run):
             return state
         live_length = torch.where(cut, torch.minimum(end + 1, state.live_length), state.live_length)
         gone = (cols >= live_length[:, None]) & (cols < state.live_length[:, None])
-        return attrs.evolve(
-            state, live_length=live_length, response=state.response.masked_fill(gone, fill),
+        return state.evolve(
+            live_length=live_length, response=state.response.masked_fill(gone, fill),
             commit_step=state.commit_step.masked_fill(gone, -1), finished=state.finished | cut)

@@ -453,8 +453,8 @@ def _apply(strategy: RunPlugins, state: DecodeState, plan: Plan, proposal: Propo
     same_window = plan.window_start == state.window_start
     block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
     block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
-    new = attrs.evolve(
-        state, response=response, commit_step=commit_step, nfe=state.nfe + forwards, block_nfe=block_nfe,
+    new = state.evolve(
+        response=response, commit_step=commit_step, nfe=state.nfe + forwards, block_nfe=block_nfe,
         taken=state.taken + 1,
         window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
     )
@@ -473,8 +473,8 @@ def _truncate(strategy: RunPlugins, state: DecodeState, proposal: Proposal) -> D
         return state
     cols = state.columns[None, :]
     gone = (cols >= kept[:, None]) & (cols < state.live_length[:, None])
-    return attrs.evolve(
-        state, live_length=kept,
+    return state.evolve(
+        live_length=kept,
         response=state.response.masked_fill(gone, config.fill_id),
         commit_step=state.commit_step.masked_fill(gone, -1),
     )
@@ -492,10 +492,10 @@ def _stop(strategy: RunPlugins, state: DecodeState, proposal: Proposal, commit: 
         if bool((fill & (proposal.tokens == state.config.mask_id)).any()):
             raise _fail(strategy, "dllm_forward", "a row was stopped early but the step's logits do not reach all "
                                                   "its masked positions")
-        state = attrs.evolve(state, response=torch.where(fill, proposal.tokens, state.response),
+        state = state.evolve(response=torch.where(fill, proposal.tokens, state.response),
                              commit_step=torch.where(fill, state.step, state.commit_step))
         commit = attrs.evolve(commit, mask=commit.mask | fill)
-    return attrs.evolve(state, finished=state.finished | stop, step=state.step + 1), commit
+    return state.evolve(finished=state.finished | stop, step=state.step + 1), commit
 
 
 def answer_lengths(tokens: torch.Tensor, config: DecodeConfig) -> torch.Tensor:

@@ -17,7 +17,7 @@ def semi_ar_plan(state: DecodeState) -> Plan:
     ``ceil(masked_in_block / steps_left_in_block)`` (equal to LLaDA's ``masked // steps`` with
     the remainder on the first steps)."""
     config = state.config
-    B, G, width = state.batch_size, config.gen_length, config.block_length
+    B, width = state.batch_size, config.block_length
     if config.aligned_blocks:
         return _aligned_plan(state)
     per_block = state.masked.view(B, config.num_blocks, width).sum(-1)
@@ -26,7 +26,7 @@ def semi_ar_plan(state: DecodeState) -> Plan:
     masked_here = per_block.gather(1, block[:, None]).squeeze(1)
     steps_left = (config.steps_per_block - state.steps_in_window(start)).clamp(min=1)
     budget = torch.div(masked_here + steps_left - 1, steps_left, rounding_mode="floor").clamp(min=1)
-    return Plan(window_start=start, window_end=(start + width).clamp(max=G), budget=budget)
+    return Plan(window_start=start, window_end=start + width, budget=budget)  # within gen_length: a multiple of width
 
 
 def block_bounds(state: DecodeState, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

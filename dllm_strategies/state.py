@@ -11,7 +11,7 @@ hold the fill token (end-of-text), never enter a forward again, and are not mask
 
 from __future__ import annotations
 
-from functools import cached_property
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -170,6 +170,7 @@ class DecodeState:
         rng: the run's random stream (:class:`~dllm_strategies.noise.RandomStream`, seeded with
             ``config.seed``, drawn for the whole batch): the uniform process's noise and the
             plugins that must interleave with it (``multinomial``, ``renoise``) draw from it.
+        columns: (G,) the response column indices 0..G-1 (made once per run, carried along).
     """
 
     config: DecodeConfig
@@ -189,6 +190,11 @@ class DecodeState:
     reference: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
     extras: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     rng: RandomStream | None = attrs.field(default=None, eq=False, repr=False)
+    columns: torch.Tensor = attrs.field(
+        default=attrs.Factory(lambda self: torch.arange(self.config.gen_length, device=self.response.device),
+                              takes_self=True), eq=False, repr=False)
+    # derived views computed so far (live, masked, the last steps_in_window answer): see evolve()
+    _views: dict = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
     @classmethod
     def start(cls, prompt: torch.Tensor, prompt_mask: torch.Tensor, config: DecodeConfig,
@@ -219,28 +225,50 @@ class DecodeState:
     def device(self) -> torch.device:
         return self.response.device
 
-    @cached_property
-    def columns(self) -> torch.Tensor:
-        """(G,) response column indices 0..G-1."""
-        return torch.arange(self.config.gen_length, device=self.device)
-
-    @cached_property
+    @property
     def live(self) -> torch.Tensor:
-        """(B, G) bool: positions still in the model's input."""
-        return self.columns[None, :] < self.live_length[:, None]
+        """(B, G) bool: positions still in the model's input (computed once; read-only)."""
+        views = self._views
+        if "live" not in views:
+            views["live"] = self.columns[None, :] < self.live_length[:, None]
+        return views["live"]
 
-    @cached_property
+    @property
     def masked(self) -> torch.Tensor:
         """(B, G) bool: positions still to decide: the mask token (absorbing process), or any
         live position whose block has not ended (uniform process: it holds noise or a token
-        accepted for now)."""
-        if self.config.process == "uniform":
-            return self.live & (self.commit_step < 0)
-        return self.response == self.config.mask_id
+        accepted for now).  Computed once; read-only."""
+        views = self._views
+        if "masked" not in views:
+            if self.config.process == "uniform":
+                views["masked"] = self.live & (self.commit_step < 0)
+            else:
+                views["masked"] = self.response == self.config.mask_id
+        return views["masked"]
+
+    def evolve(self, **changes: Any) -> DecodeState:
+        """``attrs.evolve(self, **changes)`` that keeps the derived views the changes cannot
+        affect (``live`` unless ``live_length`` changes; ``masked`` unless ``response``,
+        ``commit_step`` or ``live_length`` does): a step makes several states, and recomputing
+        the views for each was a visible part of a small model's step."""
+        new = attrs.evolve(self, **changes)
+        views = self._views
+        if "live" in views and not changes.keys() & {"live_length", "columns", "config"}:
+            new._views["live"] = views["live"]
+            if "masked" in views and "response" not in changes and "commit_step" not in changes:
+                new._views["masked"] = views["masked"]
+        return new
 
     def steps_in_window(self, window_start: torch.Tensor) -> torch.Tensor:
-        """(B,) steps already spent in the window starting at ``window_start`` (0 if new)."""
-        return torch.where(window_start == self.window_start, self.window_steps, torch.zeros_like(self.window_steps))
+        """(B,) steps already spent in the window starting at ``window_start`` (0 if new).  The
+        schedule, the temperature and self-conditioning all ask with the plan's window start in
+        one step: it is computed once (read-only)."""
+        asked = self._views.get("steps")
+        if asked is not None and asked[0] is window_start:
+            return asked[1]
+        steps = torch.where(window_start == self.window_start, self.window_steps, 0)
+        self._views["steps"] = (window_start, steps)
+        return steps
 
     def sequence(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The model input: (B, P + G) ids and attention mask (padding and cut positions off)."""
@@ -282,12 +310,19 @@ class Plan:
     window_start: torch.Tensor = _tensor
     window_end: torch.Tensor = _tensor
     budget: torch.Tensor = _tensor
+    # the last state window() was asked for and its answer: every hook of a step asks for the same
+    _last_window: list = attrs.field(init=False, factory=list, eq=False, repr=False)
 
     def window(self, state: DecodeState) -> torch.Tensor:
-        """(B, G) bool: masked positions inside the window."""
+        """(B, G) bool: masked positions inside the window (computed once per state: treat it as
+        read-only)."""
+        if self._last_window and self._last_window[0] is state:
+            return self._last_window[1]
         cols = state.columns[None, :]
         inside = (cols >= self.window_start[:, None]) & (cols < self.window_end[:, None])
-        return inside & state.masked
+        window = inside & state.masked
+        self._last_window[:] = [state, window]
+        return window
 
 
 @attrs.frozen
@@ -302,10 +337,21 @@ class Logits:
     values: torch.Tensor = _tensor
     start: int = 0
     cover: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+    # what derived() and reach() computed from these logits (a new Logits starts empty)
+    _derived: dict = attrs.field(init=False, factory=dict, eq=False, repr=False)
 
     @property
     def stop(self) -> int:
         return self.start + self.values.shape[1]
+
+    def derived(self, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``compute(values)``, computed once for these logits and shared by every hook that asks
+        with the same function: an acceptance rule and a stop rule that both read the entropy of
+        the step's logits pay for it once.  ``compute`` must depend on ``values`` alone; treat the
+        result as read-only."""
+        if compute not in self._derived:
+            self._derived[compute] = compute(self.values)
+        return self._derived[compute]
 
     def span(self, gen_length: int, device: torch.device) -> torch.Tensor:
         """(G,) bool: response columns these logits cover (for some row; see :meth:`reach`)."""
@@ -313,11 +359,12 @@ class Logits:
         return (cols >= self.start) & (cols < self.stop)
 
     def reach(self, gen_length: int, device: torch.device) -> torch.Tensor:
-        """(B, G) bool: the response columns each row's logits cover."""
-        span = self.span(gen_length, device)[None, :].expand(self.values.shape[0], -1)
-        if self.cover is None:
-            return span
-        return self.widen(self.cover, False, gen_length)
+        """(B, G) bool: the response columns each row's logits cover (computed once; read-only)."""
+        key = ("reach", gen_length, device)
+        if key not in self._derived:
+            span = self.span(gen_length, device)[None, :].expand(self.values.shape[0], -1)
+            self._derived[key] = span if self.cover is None else self.widen(self.cover, False, gen_length)
+        return self._derived[key]
 
     def widen(self, values: torch.Tensor, fill: float | int, gen_length: int) -> torch.Tensor:
         """Place per-position ``values`` (B, W, ...) into a (B, G, ...) tensor filled with ``fill``

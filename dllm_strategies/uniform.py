@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
 from dllm_strategies import ops
@@ -39,7 +38,7 @@ from dllm_strategies.errors import ConfigError, PluginError
 from dllm_strategies.plugin import PROCESSES
 from dllm_strategies.state import Commit, DecodeState, Plan, Proposal
 
-__all__ = ["PROCESSES", "apply", "block_mask", "open_windows", "require_process", "stop", "window_mask"]
+__all__ = ["PROCESSES", "apply", "block_mask", "open_windows", "require_process", "stop"]
 
 
 def require_process(plugins: Any, process: str, model: Any) -> None:
@@ -59,12 +58,6 @@ def _fail(strategy: Any, hook: str, message: str) -> PluginError:
     owner = strategy.owners.get(hook, "core")
     return PluginError(f"plugin {owner!r} broke the {hook} contract (uniform process): {message}",
                        plugin=owner, hook=hook)
-
-
-def window_mask(state: DecodeState, plan: Plan) -> torch.Tensor:
-    """(B, G) bool: the undecided positions of each row's open window."""
-    cols = state.columns[None, :]
-    return (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None]) & state.masked
 
 
 def block_mask(state: DecodeState, plan: Plan) -> torch.Tensor:
@@ -92,7 +85,7 @@ def open_windows(state: DecodeState, plan: Plan, vocab_size: int) -> DecodeState
     fresh = entering[:, None] & block_mask(state, plan)
     noise = state.rng.randint(vocab_size, L, state.rows)
     offset = (cols - start).clamp(0, L - 1)
-    return attrs.evolve(state, response=torch.where(fresh, noise.gather(1, offset), state.response))
+    return state.evolve(response=torch.where(fresh, noise.gather(1, offset), state.response))
 
 
 def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, commit: Any,
@@ -108,41 +101,39 @@ def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, com
         raise _fail(strategy, "dllm_remask", "returned Commit.revoke, but under the uniform process nothing is "
                                              "committed for good before its block ends: accept fewer positions")
     accepted = commit.mask
-    wrong = accepted & ~state.masked
+    wrong = accepted > state.masked  # accepted and already decided
     if bool(wrong.any()):
         row, col = wrong.nonzero()[0].tolist()
         raise _fail(strategy, "dllm_remask", f"accepted response position {col} of row {int(state.rows[row])}, "
                                              "which is already decided; accept only undecided positions "
                                              "(e.g. & plan.window(state))")
-    window = window_mask(state, plan)
-    empty = ~accepted.any(1) & (plan.budget > 0)
+    window = plan.window(state)
+    if commit.tokens is not None and commit.tokens.shape != (B, G):
+        raise _fail(strategy, "dllm_remask", f"Commit.tokens must be ({B}, {G})")
     forced = torch.zeros(B, dtype=torch.long, device=state.device)
+    values = commit.tokens if commit.tokens is not None else proposal.tokens
+    empty = ~accepted.any(1)
     if bool(empty.any()):
+        empty = empty & (plan.budget > 0)
         reachable = proposal.scores > float("-inf")
         pick = ops.best_mask(proposal.scores, window & reachable) & empty[:, None]
         if bool((empty & ~pick.any(1)).any()):
             raise _fail(strategy, "dllm_forward", "its logits reach no undecided position of a stepping row's window")
         accepted = accepted | pick
         forced = pick.sum(1)
-    else:
-        pick = torch.zeros_like(accepted)
-    values = commit.tokens if commit.tokens is not None else proposal.tokens
-    if values.shape != (B, G):
-        raise _fail(strategy, "dllm_remask", f"Commit.tokens must be ({B}, {G})")
-    values = torch.where(pick, proposal.tokens, values)  # a forced acceptance takes the sample
-    if commit.tokens is None and bool((accepted & ~proposal.logits.reach(G, state.device)).any()):
+        values = torch.where(pick, proposal.tokens, values)  # a forced acceptance takes the sample
+    if commit.tokens is None and bool((accepted > proposal.logits.reach(G, state.device)).any()):
         raise _fail(strategy, "dllm_remask", "a position was accepted that the step's logits do not reach "
                                              "(it has no sample)")
-    rest = window & ~accepted
-    if commit.tokens is not None:
-        canvas = torch.where(accepted, values, torch.where(rest, commit.tokens, state.response))
+    if commit.tokens is not None:  # accepted positions take their tokens, the window's others their noise
+        canvas = torch.where(accepted, values, torch.where(window, commit.tokens, state.response))
     else:
         canvas = torch.where(accepted, values, state.response)
     same_window = plan.window_start == state.window_start
     block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
     block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
-    new = attrs.evolve(
-        state, response=canvas, nfe=state.nfe + forwards, block_nfe=block_nfe, taken=state.taken + 1,
+    new = state.evolve(
+        response=canvas, nfe=state.nfe + forwards, block_nfe=block_nfe, taken=state.taken + 1,
         window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
     )
     return new, Commit(mask=accepted, tokens=canvas), forced
@@ -154,19 +145,19 @@ def stop(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal,
     or after ``steps_per_block`` steps in it; its undecided positions take the step's estimate
     (the argmax of the step's logits) and are decided.  A row with nothing undecided ends."""
     config = state.config
-    asked = torch.zeros(state.batch_size, dtype=torch.bool, device=state.device)
+    ending = state.window_steps >= config.steps_per_block
     for answer in strategy.call("dllm_should_stop", state=state, proposal=proposal):
         if answer is not None:
-            asked = asked | answer.bool()
+            ending = ending | answer.bool()
     window = block_mask(state, plan)
-    ending = (asked | (state.window_steps >= config.steps_per_block)) & window.any(1)
+    ending = ending & window.any(1)
     if bool(ending.any()):
         logits = proposal.logits
         estimate = logits.widen(ops.argmax_except(logits.values, config.mask_id), config.mask_id, config.gen_length)
         final = window & ending[:, None]
         if bool((final & ~logits.reach(config.gen_length, state.device)).any()):
             raise _fail(strategy, "dllm_forward", "a block ended but the step's logits do not cover all of it")
-        state = attrs.evolve(state, response=torch.where(final, estimate, state.response),
+        state = state.evolve(response=torch.where(final, estimate, state.response),
                              commit_step=torch.where(final, state.step, state.commit_step))
     done = ~state.masked.any(1)
-    return attrs.evolve(state, finished=state.finished | done, step=state.step + 1), commit
+    return state.evolve(finished=state.finished | done, step=state.step + 1), commit

@@ -270,11 +270,11 @@ class ExactCanvasCache:
         """Encoder passes for what was decided since the last step, then one decoder pass over
         the canvas holding each row's window.  ``inputs`` go to the decoder (self-conditioning)."""
         L = model.block_length
-        start = torch.div(plan.window_start, L, rounding_mode="floor") * L
-        if bool((start != start[0]).any()):
+        canvases = {start // L for start in plan.window_start.tolist()}  # one sync for a few rows
+        if len(canvases) > 1:
             raise ConfigError("DiffusionGemma decodes the rows of a batch in lockstep (one canvas at a time, as "
                               "generate does); a schedule gave rows windows in different canvases")
-        start = int(start[0])
+        start = canvases.pop() * L
         P = state.prompt.shape[1]
         if self.cache is None or self.encoded < start:
             if state.batch_size != self.batch_size:

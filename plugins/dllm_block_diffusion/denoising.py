@@ -15,7 +15,6 @@ import attrs
 import torch
 
 from dllm_strategies import Commit, Logits, Plugin, hookimpl
-from dllm_strategies.uniform import window_mask
 
 _positive = [attrs.validators.gt(0.0)]
 
@@ -25,9 +24,13 @@ def _count(minimum: int) -> list:
 
 
 def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` exactly as ``torch.distributions.Categorical`` computes it
-    (what ``generate`` thresholds), in the logits' dtype."""
-    return torch.distributions.Categorical(logits=logits).entropy()
+    """Entropy of ``softmax(logits)`` exactly as ``torch.distributions.Categorical(logits=...)
+    .entropy()`` computes it (what ``generate`` thresholds), in the logits' dtype: the same
+    operations in the same order, so the same bits, without building (and validating) a
+    distribution object twice a step."""
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probs = torch.softmax(normalized, dim=-1)
+    return -(normalized.clamp(min=torch.finfo(normalized.dtype).min) * probs).sum(-1)
 
 
 class TemperatureSchedule(Plugin):
@@ -54,12 +57,18 @@ class TemperatureSchedule(Plugin):
             if self.t_max <= self.t_min:
                 raise ValueError(f"t_max ({self.t_max}) must exceed t_min ({self.t_min})")
 
+    @hookimpl
+    def dllm_start(self, state) -> None:
+        # the temperature of each step of a block, n = N .. 1, with generate's arithmetic
+        # (float32 from an int32 count); a step past the N-th stays at n = 1
+        N = state.config.steps_per_block
+        left = torch.arange(N, 0, -1, dtype=torch.int32, device=state.device)
+        self.table = self.options.t_min + (self.options.t_max - self.options.t_min) * (left / N)
+
     def temperature(self, state, plan) -> torch.Tensor:
         """(B,) float32 temperatures, computed as ``generate`` computes them."""
-        N = state.config.steps_per_block
-        # a block past its N steps (an absorbing rule that commits less than the budget) stays at n = 1
-        left = (N - state.steps_in_window(plan.window_start)).clamp(min=1).to(torch.int32)
-        return self.options.t_min + (self.options.t_max - self.options.t_min) * (left / N)
+        steps = state.steps_in_window(plan.window_start)
+        return self.table[steps.clamp(max=self.table.shape[0] - 1)]
 
     @hookimpl(wrapper=True)
     def dllm_forward(self, model, state, plan):
@@ -108,10 +117,11 @@ class EntropyBound(Plugin):
         logits = proposal.logits
         G = state.config.gen_length
         window = plan.window(state) & logits.reach(G, state.device)
-        entropy = logits.widen(categorical_entropy(logits.values), float("inf"), G).masked_fill(~window, float("inf"))
+        entropy = logits.widen(logits.derived(categorical_entropy), float("inf"), G).masked_fill(~window, float("inf"))
         ordered, order = torch.sort(entropy, dim=-1)
         finite = torch.isfinite(ordered)
-        spent = torch.cumsum(ordered.masked_fill(~finite, 0.0), dim=-1) - ordered.masked_fill(~finite, 0.0)
+        ordered = ordered.masked_fill(~finite, 0.0)
+        spent = torch.cumsum(ordered, dim=-1) - ordered
         keep = finite & (spent <= self.options.bound)
         return torch.zeros_like(keep).scatter(-1, order, keep) & window
 
@@ -130,7 +140,7 @@ class Renoise(Plugin):
     def dllm_remask(self, state, proposal, plan):
         result = yield
         commit = result if isinstance(result, Commit) else Commit(mask=result)
-        window = window_mask(state, plan)
+        window = plan.window(state)
         width = int((plan.window_end - plan.window_start).max())
         noise = state.rng.randint(proposal.logits.values.shape[-1], width, state.rows)
         offset = (state.columns[None, :] - plan.window_start[:, None]).clamp(0, width - 1)
@@ -166,18 +176,24 @@ class StableStop(Plugin):
     def dllm_should_stop(self, state, proposal) -> torch.Tensor:
         values = proposal.logits.values
         argmax = torch.argmax(values, dim=-1)
-        confident = torch.mean(categorical_entropy(values), dim=-1) < self.options.confidence
+        confident = torch.mean(proposal.logits.derived(categorical_entropy), dim=-1) < self.options.confidence
         S = self.options.stability
         if S == 0:
             return confident
         rows, W = state.rows, argmax.shape[1]
         if self.history is None or self.history.shape[2] != W:
             self.history = torch.full((self.batch_size, S, W), -1, dtype=argmax.dtype, device=argmax.device)
-        history = self.history.index_select(0, rows)
+        whole = state.batch_size == self.batch_size
+        history = self.history if whole else self.history.index_select(0, rows)
         fresh = state.window_steps == 1  # the block's first step: its history starts empty
-        history = history.masked_fill(fresh[:, None, None], -1)
-        stable = (history == argmax[:, None, :]).all(-1).all(-1)
-        self.history[rows] = torch.cat([history[:, 1:], argmax[:, None, :]], 1)
+        if S > 1:
+            history = history.masked_fill(fresh[:, None, None], -1)
+        stable = (history == argmax[:, None, :]).flatten(1).all(1) & ~fresh
+        latest = torch.cat([history[:, 1:], argmax[:, None, :]], 1)
+        if whole:
+            self.history = latest
+        else:
+            self.history[rows] = latest
         return stable & confident
 
 
