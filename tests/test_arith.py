@@ -73,6 +73,28 @@ def test_shipped_test_split_is_fixed_unique_and_never_trained_on():
     assert [p.to_dict() for p in task.validation_problems(200, seed=0)] == list(splits["validation"])
 
 
+def test_long_answer_variant_is_a_task_of_its_own_never_trained_on():
+    from dllm_strategies import discovery
+
+    long = discovery.task("arith-long")
+    assert long is task.ARITH_LONG and discovery.task("arith") is task.ARITH
+    test = long.test_problems()
+    assert len(test) == 500 and len({p.question for p in test}) == 500
+    lines = [len(p.solution.split(" . ")) for p in test]  # one line per event, then "#### n"
+    assert min(lines) >= 11 and max(lines) <= 13
+    questions = {p.question for p in test}
+    assert not questions & {p.question for p in task.test_problems()}
+    # the long-answer base model's recipe (docs/distillation.md): seed 0, 100,000 problems, 256 validation
+    validation = long.validation_problems()
+    assert not questions & {p.question for p in validation}
+    assert [p.question for p in validation[:256]] == [p.question for p in
+                                                      task.validation_problems(256, 0, long.difficulty)]
+    exclude = task.held_out_questions() | {p.question for p in validation[:256]}
+    assert not questions & {p.question for p in task.generate(100_000, 0, long.difficulty, exclude)}
+    assert task.make_splits(8, 4, seed=0, difficulty=long.difficulty)["test"]["question"] == [p.question
+                                                                                             for p in test]
+
+
 def test_tokenizer_round_trip_and_specials(tmp_path):
     from transformers import AutoTokenizer
 

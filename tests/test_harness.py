@@ -549,6 +549,9 @@ def test_bench_on_the_validation_split_names_it_and_never_touches_the_test_set()
     assert not {p.question for p in problems} & {p.question for p in task.test_problems()}
     test, where = _problems("test", 0)
     assert test == task.test_problems() and where == "first 500 of the test split of task 'arith' (test.jsonl)"
+    long, where = _problems("test", 3, "arith-long")
+    assert long == task.ARITH_LONG.test_problems()[:3]
+    assert where == "first 3 of the test split of task 'arith-long' (test-long.jsonl)"
 
 
 def test_bench_refuses_bad_entries_before_loading_anything(tmp_path, capsys):

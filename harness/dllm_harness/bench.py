@@ -38,7 +38,7 @@ from dllm_harness.journal import Journal, model_fingerprint
 
 DEFAULT_LIMIT = 40  # the first 40 held-out problems: the default matrix fits 30 minutes on 2 CPU cores
 DEFAULT_BATCH_SIZE = 32
-TASK = "arith"  # the registered task (dllm_tasks hook) whose problems the bench decodes
+TASK = "arith"  # the registered task (dllm_tasks hook) whose problems the bench decodes unless --task names one
 
 
 @attrs.frozen
@@ -120,7 +120,7 @@ class EntryResult:
 
 def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch_size: int, seed: int,
               chat: bool, example: int, progress: bool = True,
-              self_references: dict[tuple[int, int], torch.Tensor] | None = None) -> EntryResult:
+              self_references: dict[tuple[int, int], torch.Tensor] | None = None, task: str = TASK) -> EntryResult:
     """Decode every problem with one entry's settings and record what it cost.
 
     ``self_references`` (one model's, by (gen length, block length)): the plain baseline's
@@ -133,7 +133,7 @@ def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch
     share = _is_plain_baseline(entry) and self_references is not None
     given = None if share or self_references is None else self_references.get(lengths)
     responses = []
-    extract_answer = discovery.task(TASK).extract_answer
+    extract_answer = discovery.task(task).extract_answer
     stop_ids = (*model.eot_ids, model.fill_id)
     records: list[ProblemRecord] = []
     trajectory = None
@@ -262,7 +262,7 @@ def aup_table(results: Sequence[EntryResult]) -> list[dict[str, Any]]:
 def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
               seed: int = 0, chat: bool = True, example: int = 0, device: str | None = None, dtype: str | None = None,
               loader: Callable[[str], Any] | None = None, progress: bool = True,
-              journal: Journal | None = None) -> list[EntryResult]:
+              journal: Journal | None = None, task: str = TASK) -> list[EntryResult]:
     """Run every entry (entries must be expanded: :func:`dllm_harness.matrix.expand`); each model is
     loaded once (``loader(name)``, default :func:`dllm_strategies.load_model`).  With a ``journal``,
     each finished entry is written to it at once, and entries it already holds are read back
@@ -284,7 +284,7 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch
     with tqdm(total=len(entries), desc="bench", unit="entry", disable=None if progress else True,
               file=sys.stderr) as bar:
         _run_models(by_model, bar, results, problems, loader=loader, batch_size=batch_size, seed=seed, chat=chat,
-                    example=example, progress=progress, journal=journal)
+                    example=example, progress=progress, journal=journal, task=task)
     order = {id(e): i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order[id(r.entry)])
     return with_speedups(results)
@@ -292,7 +292,7 @@ def run_bench(entries: Sequence[matrix.Entry], problems: Sequence[Any], *, batch
 
 def _run_models(by_model: dict[str, list[matrix.Entry]], bar: Any, results: list[EntryResult],
                 problems: Sequence[Any], *, loader: Callable[[str], Any], batch_size: int, seed: int, chat: bool,
-                example: int, progress: bool, journal: Journal | None) -> None:
+                example: int, progress: bool, journal: Journal | None, task: str) -> None:
     """Run each model's entries in turn, loading a model only when one of its entries is not journaled."""
     for name, members in by_model.items():
         model = None
@@ -306,7 +306,8 @@ def _run_models(by_model: dict[str, list[matrix.Entry]], bar: Any, results: list
                     model = loader(name)
                     _warm_up(model, members[0], problems[0], chat)
                 result = run_entry(model, entry, problems, batch_size=batch_size, seed=seed, chat=chat,
-                                   example=example, progress=progress, self_references=self_references)
+                                   example=example, progress=progress, self_references=self_references,
+                                   task=task)
                 if journal is not None:
                     journal.add(entry, result.records, result.trajectory)
             results.append(result)
@@ -344,6 +345,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps for --strategy entries (default: the gen length, one token per step)")
     p.add_argument("--limit", type=non_negative_int, default=DEFAULT_LIMIT,
                    help=f"decode the first N held-out problems (default: {DEFAULT_LIMIT}; 0: all 500)")
+    p.add_argument("--task", default=TASK, metavar="NAME",
+                   help="the registered task whose problems are decoded: arith (default) or arith-long, the "
+                        "long-answer variant (solutions over 3 or 4 blocks of 32), or a plugin's")
     p.add_argument("--problems", choices=("test", "validation"), default="test",
                    help="the held-out test split (the benchmark set, default) or the training run's validation "
                         "split (500 problems, to choose models and settings on without touching the test set)")
@@ -422,15 +426,15 @@ def entries_from_args(args: argparse.Namespace) -> tuple[list[matrix.Entry], lis
     return expanded, skipped
 
 
-def _problems(split: str, limit: int) -> tuple[list[Any], str]:
-    """The first ``limit`` problems (0: all) of ``split`` and how the report names them."""
-    task = discovery.task(TASK)
+def _problems(split: str, limit: int, name: str = TASK) -> tuple[list[Any], str]:
+    """The first ``limit`` problems (0: all) of ``split`` of task ``name`` and how the report names them."""
+    task = discovery.task(name)
     if split == "validation":
         problems = task.validation_problems()
-        where = f"the validation split of task {TASK!r} (validation_problems(), seed 0)"
+        where = f"the validation split of task {name!r} (validation_problems(), seed 0)"
     else:
         problems = task.test_problems()
-        where = f"the test split of task {TASK!r} ({Path(task.TEST_FILE).name})"
+        where = f"the test split of task {name!r} ({Path(task.TEST_FILE).name})"
     problems = problems[:limit] if limit else problems
     return problems, f"first {len(problems)} of {where}"
 
@@ -446,11 +450,12 @@ def command(args: argparse.Namespace) -> int:
     entries, skipped = entries_from_args(args)
     for entry, reason in skipped:
         print(f"skipped {entry.display!r}: {reason}", file=sys.stderr)
-    problems, problem_set = _problems(args.problems, args.limit)
+    problems, problem_set = _problems(args.problems, args.limit, args.task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # the split is named only when it is not the test set, so journals written before --problems still resume
     settings = {"problems": len(problems), **({"problem_set": args.problems} if args.problems != "test" else {}),
+                **({"task": args.task} if args.task != TASK else {}),
                 "seed": args.seed, "batch_size": args.batch_size, "chat": args.chat,
                 "example": args.example, "device": args.device, "dtype": args.dtype,
                 "torch_threads": torch.get_num_threads(),
@@ -461,9 +466,9 @@ def command(args: argparse.Namespace) -> int:
     started = time.time()
     results = run_bench(entries, problems, batch_size=args.batch_size, seed=args.seed, chat=args.chat,
                         example=args.example, device=args.device, dtype=args.dtype, progress=not args.quiet,
-                        journal=journal)
+                        journal=journal, task=args.task)
     meta = {"command": " ".join(sys.argv), "problems": len(problems), "limit": args.limit or None,
-            "problem_set": problem_set,
+            "problem_set": problem_set, "task": args.task,
             "seed": args.seed, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "wall_seconds": time.time() - started, "processes": list(journal.processes()),

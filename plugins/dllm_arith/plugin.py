@@ -1,5 +1,6 @@
 """Registration plugin of the synthetic arithmetic task: the shipped ``default`` model, the
-``arith`` task (the bench's and the lm-eval local tasks' problems) and the ``train`` command."""
+``arith`` task (the bench's and the lm-eval local tasks' problems), its long-answer variant
+``arith-long`` and the ``train`` command."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def dllm_models(register) -> None:
 
 @hookimpl
 def dllm_tasks(register) -> None:
-    register("arith", arith_task)
+    for variant in arith_task.VARIANTS.values():  # arith and arith-long
+        register(variant.name, variant)
 
 
 @hookimpl
@@ -133,17 +135,21 @@ def _train(args: argparse.Namespace) -> int:
         print(f"exported step {step} of {config.steps} to {args.output}")
         return 0
     held_out = list(task.generate(args.eval_problems, seed=args.seed + 99, difficulty=difficulty,
-                                  exclude=frozenset(p.question for p in task.test_problems())))
+                                  exclude=task.held_out_questions()))
     tok_holder = {}
+    # the shortest length the recipe trains at: the default's 64, the long-answer variant's 128
+    # (its solutions do not fit 64 tokens, so a 64-token decode would score nothing)
+    eval_gen = min(config.gen_lengths)
+    eval_block = 32 if eval_gen % 32 == 0 else eval_gen
 
     def evaluate(module, step: int) -> dict:
         if "tok" not in tok_holder:
             tok_holder["tok"] = build_tokenizer()
         model = wrap_module(module, tok_holder["tok"], name=f"step-{step}")
-        out = {}
+        out: dict = {"eval_gen_length": eval_gen}
         for per_step in (1, 4):
-            out[f"acc@{per_step}"] = accuracy(model, held_out, gen_length=64, block_length=32,
-                                              steps=64 // per_step)["accuracy"]
+            out[f"acc@{per_step}"] = accuracy(model, held_out, gen_length=eval_gen, block_length=eval_block,
+                                              steps=eval_gen // per_step)["accuracy"]
         return out
 
     # a status line while the data is built (minutes at the default 400,000 problems), then the training bar

@@ -21,12 +21,13 @@ excluded from training.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -187,45 +188,108 @@ DATA_DIR = Path(__file__).parent / "data"
 TEST_FILE = DATA_DIR / "test.jsonl"
 
 
-def test_problems() -> list[Problem]:
-    """The shipped held-out test split (never trained on): the project's benchmark set."""
-    with TEST_FILE.open() as f:
+@attrs.frozen
+class Variant:
+    """A shipped variant of the task, registered as a task of its own (``dllm_tasks``): its
+    difficulty and its held-out test split (the benchmark set, never trained on).
+
+    Attributes:
+        name: the task's registered name (``bench --task NAME``).
+        difficulty: the problems' :class:`Difficulty`.
+        test_file: the shipped test split (JSON lines).
+        test_seed: the seed the test split was drawn with.
+    """
+
+    name: str
+    difficulty: Difficulty
+    test_file: Path
+    test_seed: int
+    Problem: ClassVar[type] = Problem
+    ANSWER_RE: ClassVar[re.Pattern] = ANSWER_RE
+
+    @property
+    def TEST_FILE(self) -> Path:  # the task interface's name (docs/hooks.md, dllm_tasks)
+        return self.test_file
+
+    def test_problems(self) -> list[Problem]:
+        """The shipped held-out test split."""
+        return _read(self.test_file)
+
+    def validation_problems(self, size: int = 500, seed: int = 0) -> list[Problem]:
+        """The validation split of this variant's training run seeded ``seed`` (the set models
+        and settings are chosen on)."""
+        return validation_problems(size, seed, self.difficulty)
+
+    @staticmethod
+    def extract_answer(text: str) -> int | None:
+        return extract_answer(text)
+
+    def write_test_split(self, exclude: frozenset[str] = frozenset()) -> None:
+        """Regenerate the shipped test split: ``TEST_SIZE`` unique questions drawn with
+        ``test_seed``, none in ``exclude`` (the questions of a training run made before it)."""
+        seen: set[str] = set(exclude)
+        rows = []
+        for problem in generate(100 * TEST_SIZE, self.test_seed, self.difficulty):
+            if problem.question not in seen:
+                seen.add(problem.question)
+                rows.append(problem)
+            if len(rows) == TEST_SIZE:
+                break
+        self.test_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.test_file.open("w") as f:
+            for problem in rows:
+                f.write(json.dumps(problem.to_dict()) + "\n")
+
+
+# The task the shipped models are trained on, and the long-answer variant: 10 to 12 events, whose
+# solutions (67 to 116 tokens) fill 3 or 4 blocks of 32, where the default's fill one.
+ARITH = Variant("arith", Difficulty(), TEST_FILE, TEST_SEED)
+ARITH_LONG = Variant("arith-long", Difficulty(min_ops=10, max_ops=12), DATA_DIR / "test-long.jsonl", TEST_SEED + 1)
+VARIANTS = {variant.name: variant for variant in (ARITH, ARITH_LONG)}
+
+
+def _read(path: Path) -> list[Problem]:
+    with path.open() as f:
         return [Problem(**json.loads(line)) for line in f]
 
 
+def test_problems() -> list[Problem]:
+    """The shipped held-out test split of the default task (never trained on): the project's
+    benchmark set."""
+    return ARITH.test_problems()
+
+
+@functools.cache
+def held_out_questions() -> frozenset[str]:
+    """Every shipped variant's test questions: no training or validation set holds one."""
+    return frozenset(p.question for variant in VARIANTS.values() if variant.test_file.is_file()
+                     for p in variant.test_problems())
+
+
 def write_test_split(path: Path = TEST_FILE, difficulty: Difficulty = Difficulty()) -> None:
-    """Regenerate the shipped held-out split (its questions are unique)."""
-    seen: set[str] = set()
-    rows = []
-    for problem in generate(10 * TEST_SIZE, TEST_SEED, difficulty):
-        if problem.question not in seen:
-            seen.add(problem.question)
-            rows.append(problem)
-        if len(rows) == TEST_SIZE:
-            break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for problem in rows:
-            f.write(json.dumps(problem.to_dict()) + "\n")
+    """Regenerate a held-out split at ``path`` (the default task's, by default)."""
+    Variant("custom", difficulty, path, TEST_SEED).write_test_split()
 
 
 def validation_problems(size: int = 500, seed: int = 0, difficulty: Difficulty = Difficulty()) -> list[Problem]:
-    """The validation split of the training run seeded ``seed`` (:func:`make_splits`): never in the
+    """The validation split of the training run seeded ``seed`` (:func:`make_splits`): never in a
     test split nor trained on; the set to choose models and settings on."""
-    return list(generate(size, seed + 1, difficulty, frozenset(p.question for p in test_problems())))
+    return list(generate(size, seed + 1, difficulty, held_out_questions()))
 
 
 def make_splits(train_size: int, validation_size: int = 500, seed: int = 0,
                 difficulty: Difficulty = Difficulty()):
-    """``datasets.DatasetDict`` with ``train``, ``validation`` and the shipped ``test``.
+    """``datasets.DatasetDict`` with ``train``, ``validation`` and the shipped ``test`` (of the
+    variant with this difficulty; the default task's for another).
 
-    Train and validation never contain a question of the test split (nor of each other).
+    Train and validation never contain a question of a shipped test split (nor of each other).
     """
     import datasets
 
-    test = test_problems()
+    same = [v for v in VARIANTS.values() if v.difficulty == difficulty and v.test_file.is_file()]
+    test = same[0].test_problems() if same else test_problems()
     validation = validation_problems(validation_size, seed, difficulty)
-    exclude = frozenset(p.question for p in test) | {p.question for p in validation}
+    exclude = held_out_questions() | {p.question for p in validation}
     train = generate(train_size, seed, difficulty, exclude)
 
     def table(problems):

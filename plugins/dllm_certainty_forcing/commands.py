@@ -185,8 +185,7 @@ def problem_set(args: argparse.Namespace, teacher_dir: Path):
         if args.problems > len(validation):
             raise ConfigError(f"--split validation has {len(validation)} problems; ask for at most that many")
         return validation[:args.problems], "arith-validation", difficulty
-    held_out = task.test_problems() + validation
-    exclude = frozenset(p.question for p in held_out)
+    exclude = task.held_out_questions() | {p.question for p in validation}
     return list(task.generate(args.problems, args.seed, difficulty, exclude)), "arith", difficulty
 
 
@@ -237,8 +236,8 @@ def _evaluator(args: argparse.Namespace, metadata: dict, table):
     from dllm_arith.evaluate import accuracy
 
     difficulty = task.Difficulty(**metadata["difficulty"]) if metadata.get("difficulty") else task.Difficulty()
-    held_out = task.test_problems() + task.validation_problems(difficulty=difficulty)
-    exclude = frozenset(p.question for p in held_out) | frozenset(table["question"])
+    validation = task.validation_problems(difficulty=difficulty)
+    exclude = task.held_out_questions() | {p.question for p in validation} | frozenset(table["question"])
     held_out = list(task.generate(args.eval_problems, metadata.get("seed", 0) + 99, difficulty, exclude))
     gen_length = metadata["config"]["gen_length"]
 

@@ -145,7 +145,7 @@ class OracleSteps:
 def split_prompts(config: FilterTraining) -> tuple[list[str], list[str]]:
     """The training and validation pools of the synthetic task (as many questions as the largest
     count asks for): distinct, none from the test split."""
-    exclude = frozenset(p.question for p in task.test_problems())
+    exclude = task.held_out_questions()
     train = [p.question for p in task.generate(max(config.prompts), config.seed, config.difficulty, exclude)]
     val = [p.question for p in task.generate(max(config.val_prompts), config.seed + 1, config.difficulty,
                                              exclude | frozenset(train))]
