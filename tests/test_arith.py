@@ -192,6 +192,23 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
         sft.load_checkpoint(tmp_path / "work", attrs.evolve(config, eot_crop=0.5))
 
 
+def test_a_resume_on_other_data_is_refused_and_an_older_checkpoint_is_not(tmp_path):
+    from dllm_arith.recipe import training_data
+
+    config = sft.TrainConfig(steps=4)
+    long = training_data(task.Difficulty(min_ops=10, max_ops=12), 100_000)
+    (tmp_path / "work").mkdir()
+    base = {"model": {}, "optimizer": {}, "step": 2, "records": [], "config": attrs.asdict(config)}
+    torch.save({**base, "data": long}, tmp_path / "work" / sft.CHECKPOINT)
+    assert sft.load_checkpoint(tmp_path / "work", config, long)["step"] == 2
+    with pytest.raises(ValueError, match=r"other data \(difficulty differ"):
+        sft.load_checkpoint(tmp_path / "work", config, training_data(task.Difficulty(), 100_000))
+    with pytest.raises(ValueError, match="train_size differ"):
+        sft.load_checkpoint(tmp_path / "work", config, training_data(task.Difficulty(min_ops=10, max_ops=12), 400_000))
+    torch.save(base, tmp_path / "work" / sft.CHECKPOINT)  # written before the data was recorded
+    assert sft.load_checkpoint(tmp_path / "work", config, long)["step"] == 2
+
+
 def _micro_run(tmp_path, steps, name):
     from transformers import LlamaForCausalLM
 

@@ -73,10 +73,17 @@ def train_default(output_dir: str | Path, *, train_size: int = 400_000, validati
         model, *pairs,
         mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, fill_id=tok.eos_token_id,
         output_dir=output_dir / "work", config=config, evaluate=evaluate, progress=progress, log=log,
+        data=training_data(difficulty, train_size, validation_size),
     )
     _save(output_dir, model, tok, difficulty=difficulty, shape=shape, config=config, train_size=train_size,
           records=records, step=config.steps, previous=previous)
     return model, tok, records
+
+
+def training_data(difficulty: task.Difficulty, train_size: int, validation_size: int = 256) -> dict:
+    """What a run's training pairs are made from (saved with its checkpoint: a resume with other
+    data is refused)."""
+    return {"difficulty": attrs.asdict(difficulty), "train_size": train_size, "validation_size": validation_size}
 
 
 def _initialise(model, source: Path) -> dict:
@@ -124,7 +131,7 @@ def export_checkpoint(output_dir: str | Path, *, train_size: int, difficulty: ta
     from transformers import LlamaForCausalLM
 
     output_dir = Path(output_dir)
-    saved = sft.load_checkpoint(output_dir / "work", config)
+    saved = sft.load_checkpoint(output_dir / "work", config, training_data(difficulty, train_size))
     tok = arith_tokenizer.build_tokenizer()
     model = LlamaForCausalLM(model_config(tok, shape))
     model.load_state_dict(saved["model"])

@@ -155,18 +155,20 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
           *, mask_id: int, pad_id: int, fill_id: int, output_dir: str | Path,
           config: TrainConfig = TrainConfig(),
           evaluate: Callable[[object, int], dict] | None = None,
-          progress: bool = True, log: Callable[[dict], None] | None = None):
+          progress: bool = True, log: Callable[[dict], None] | None = None, data: dict | None = None):
     """Train ``model`` in place with the masked-diffusion SFT loss; resumes from
     ``output_dir/checkpoint.pt`` when present.  Returns the list of logged records.
 
     ``evaluate(model, step)`` (optional) adds metrics, e.g. decode accuracy, to each
-    validation record.
+    validation record.  ``data`` (optional, JSON-like) names what the pairs were made from (a
+    recipe's task difficulty and sizes): it is saved with the checkpoint, and a resume with other
+    data is refused, as one with another ``config`` is.
     """
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    saved = load_checkpoint(output_dir, config) if (output_dir / CHECKPOINT).exists() else None
+    saved = load_checkpoint(output_dir, config, data) if (output_dir / CHECKPOINT).exists() else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
@@ -215,7 +217,7 @@ def train(model, train_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                 model.train()
             record(entry)
         if done % config.save_every == 0 or done == config.steps:
-            _save_checkpoint(output_dir / CHECKPOINT, model, optimizer, done, records, config)
+            _save_checkpoint(output_dir / CHECKPOINT, model, optimizer, done, records, config, data)
     bar.close()
     model.eval()
     return records
@@ -238,9 +240,9 @@ def validation_loss(model, pairs, mask_id: int, pad_id: int, fill_id: int, gen_l
     return total / max(count, 1)
 
 
-def load_checkpoint(output_dir: str | Path, config: TrainConfig) -> dict:
+def load_checkpoint(output_dir: str | Path, config: TrainConfig, data: dict | None = None) -> dict:
     """The resumable checkpoint in ``output_dir`` (model, optimizer, step, records), which must
-    have been written with the same ``config``."""
+    have been written with the same ``config`` and, when both name it, the same ``data``."""
     checkpoint = Path(output_dir) / CHECKPOINT
     if not checkpoint.exists():
         raise ConfigError(f"no training checkpoint at {checkpoint}; run the training with the same options first")
@@ -251,12 +253,18 @@ def load_checkpoint(output_dir: str | Path, config: TrainConfig) -> dict:
             f"{checkpoint} was written with another training config; "
             "use a new output directory or the same options"
         )
+    written = saved.get("data")
+    if data is not None and written is not None and written != data:
+        changed = sorted(key for key in {**written, **data} if written.get(key) != data.get(key))
+        raise ConfigError(f"{checkpoint} was trained on other data ({', '.join(changed)} differ: written "
+                          f"{ {k: written.get(k) for k in changed} }); use a new output directory or the same options")
     return saved
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, records: list, config: TrainConfig) -> None:
+def _save_checkpoint(path: Path, model, optimizer, step: int, records: list, config: TrainConfig,
+                     data: dict | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "records": records, "config": attrs.asdict(config)}, tmp)
+                "records": records, "config": attrs.asdict(config), "data": data}, tmp)
     os.replace(tmp, path)
     (path.parent / "log.json").write_text(json.dumps(records, indent=1))
