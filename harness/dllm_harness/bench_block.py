@@ -145,7 +145,7 @@ def diffusion_gemma_rows(size: Size, args: argparse.Namespace, device: torch.dev
             "denoising_steps": generation.max_denoising_steps, "generate_s": theirs_median, "ours_s": mine,
             "ratio": paired, "ratio_of_medians": mine / theirs_median, "same_tokens": bool(torch.equal(tokens.cpu(), result.tokens.cpu())),
             "same_nfe": bool(torch.equal(passes.cpu(), result.nfe.cpu())), "nfe": result.nfe.tolist(),
-            "encoder_passes": result.encoder_forwards, "generate_runs_s": their_times, "ours_runs_s": our_times,
+            "encoder_forwards": result.encoder_forwards, "generate_runs_s": their_times, "ours_runs_s": our_times,
         })
     return rows
 

@@ -1,6 +1,8 @@
 """Benchmark pictures (matplotlib, written as PNG without a display).
 
-* :func:`pareto`: accuracy against mean forward passes and against seconds per problem, one panel
+* :func:`pareto`: accuracy against mean forward passes, against the answer forwards alone (the
+  forwards spent while a row's open block holds answer tokens, docs/metrics.md: what an acceptance
+  rule decides, apart from the end-of-text tail) and against seconds per problem, one panel
   row per (model, gen length); one colour per method, a curve through a method's points when it
   has several (its knob values written beside them), one legend entry per method or combination.
 * :func:`tpf_curves`: accuracy against TPF per method, with each method's AUP in the legend.
@@ -134,21 +136,27 @@ def _groups(results: Sequence[Any], task: tuple[str, int]) -> dict[str, list[Any
 
 
 def pareto(results: Sequence[Any], path: Path) -> Path:
-    """Accuracy against mean NFE (left) and seconds per problem (right), per (model, gen length)."""
+    """Accuracy against mean NFE (left), mean answer forwards (middle) and seconds per problem
+    (right), per (model, gen length)."""
     tasks, colours = _tasks(results), _methods(results)
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 4.6 * len(tasks)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(19, 4.6 * len(tasks)), squeeze=False, layout="constrained")
     handles: dict[str, Any] = {}
+    panels = (("nfe", "mean forward passes per problem (NFE)"),
+              ("answer", "mean answer forwards per problem (the end-of-text tail left out)"),
+              ("seconds", "decode seconds per problem"))
     for row, task in enumerate(tasks):
-        for col, (metric, xlabel) in enumerate((("nfe", "mean forward passes per problem (NFE)"),
-                                                ("seconds", "decode seconds per problem"))):
+        for col, (metric, xlabel) in enumerate(panels):
             ax = axes[row][col]
             for method, members in _groups(results, task).items():
                 points = []
                 for r in members:
                     t = r.totals
-                    x = t.mean_nfe if metric == "nfe" else t.seconds / max(t.requests, 1)
-                    points.append((x, r.accuracy, r.entry))
-                _draw_method(ax, points, colours[method], _legend_label(members))
+                    x = {"nfe": t.mean_nfe, "answer": t.mean_answer_forwards,
+                         "seconds": t.seconds / max(t.requests, 1)}[metric]
+                    if x is not None:  # a journal written before the answer / tail split has none
+                        points.append((max(x, 1e-3), r.accuracy, r.entry))
+                if points:
+                    _draw_method(ax, points, colours[method], _legend_label(members))
             _log_axis(ax)
             _accuracy_axis(ax, [r.accuracy for r in results if r.task == task])
             ax.set_xlabel(xlabel)
