@@ -462,8 +462,12 @@ def test_exactly_one_layout_length_is_set(lengths):
         DistillConfig(steps=1, **lengths)
 
 
-def test_default_total_length_is_the_longest_prompt_and_two_blocks():
-    assert default_total_length([[1] * 40, [1] * 57, [1] * 3], 32) == 57 + 64
+def test_default_total_length_is_the_longest_prompt_and_blocks_for_the_longest_answer():
+    short = [([1] * 40, [5] * 21 + [2] * 43), ([1] * 57, [5] * 30 + [2] * 34), ([1] * 3, [5] * 9 + [2] * 55)]
+    assert default_total_length(short, 32, (2,)) == 57 + 64  # answers fit two blocks: two
+    long = [([1] * 80, [5] * 116 + [2] * 12), ([1] * 90, [5] * 70 + [2] * 58)]
+    assert default_total_length(long, 32, (2,)) == 90 + 128  # the longest answer needs four
+    assert default_total_length([([1] * 4, [5] * 64)], 32, (2,)) == 4 + 64  # no end-of-text: the whole response
 
 
 def test_the_authors_layout_cuts_or_pads_prompt_and_response_to_one_total_length():

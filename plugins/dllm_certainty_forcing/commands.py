@@ -83,7 +83,8 @@ def add_distill_command(subparsers) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--total-length", type=int, default=None,
                    help="prompt + response cut or padded with end-of-text to this many tokens, the authors' layout "
-                        "(default: the longest prompt of the data + 2 blocks)")
+                        "(default: the longest prompt of the data + whole blocks for its longest answer, "
+                        "at least 2)")
     r.add_argument("--pad-length", type=int, default=None,
                    help="instead, every response padded to this length after a left-padded prompt (earlier "
                         "versions' layout, not the authors')")
@@ -222,11 +223,15 @@ def run_trajectories(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_total_length(prompts, block_length: int) -> int:
-    """The longest prompt plus two blocks: the authors' 384 tokens for LLaDA on GSM8K, scaled to
-    this task's short prompts and answers (every answer of the synthetic task fits two blocks;
-    the student still sees one block or more of end-of-text tail)."""
-    return max(len(p) for p in prompts) + 2 * block_length
+def default_total_length(pairs, block_length: int, stop_ids=()) -> int:
+    """The longest prompt plus enough whole blocks for the longest answer, at least two: the
+    authors' 384 tokens for LLaDA on GSM8K, scaled to the data (every answer of the default task
+    fits two blocks and the student still sees a block or more of end-of-text tail; the long-answer
+    variant's, up to 116 tokens, four).  An answer ends before its first ``stop_ids`` token."""
+    stops = set(stop_ids)
+    answer = max(next((i for i, t in enumerate(r) if t in stops), len(r)) for _, r in pairs)
+    blocks = max(2, math.ceil(answer / block_length))
+    return max(len(p) for p, _ in pairs) + blocks * block_length
 
 
 def _evaluator(args: argparse.Namespace, metadata: dict, table):
@@ -278,10 +283,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("give --total-length (prompt + response, the authors' layout) or --pad-length "
                           "(response only), not both")
     pad_length = args.pad_length or 0
-    total_length = 0 if pad_length else (args.total_length or default_total_length([p for p, _ in pairs],
-                                                                                   args.block_length))
     steps = args.steps if args.steps is not None else math.ceil(args.epochs * len(pairs) / args.batch_size)
     model = load_model(teacher, device=args.device, dtype=args.dtype)
+    total_length = 0 if pad_length else (args.total_length or default_total_length(
+        pairs, args.block_length, (*model.eot_ids, model.fill_id)))
     weight = args.entropy_weight
     if weight is None:
         weight = DREAM_WEIGHT if model.family.name == "dream" else LLADA_WEIGHT
