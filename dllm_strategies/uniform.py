@@ -149,13 +149,11 @@ def stop(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal,
     for answer in strategy.call("dllm_should_stop", state=state, proposal=proposal):
         if answer is not None:
             ending = ending | answer.bool()
-    window = block_mask(state, plan)
-    ending = ending & window.any(1)
-    if bool(ending.any()):
+    if bool(ending.any()):  # a row whose block holds nothing undecided has nothing to end
         logits = proposal.logits
         estimate = logits.widen(ops.argmax_except(logits.values, config.mask_id), config.mask_id, config.gen_length)
-        final = window & ending[:, None]
-        if bool((final & ~logits.reach(config.gen_length, state.device)).any()):
+        final = block_mask(state, plan) & ending[:, None]
+        if bool((final > logits.reach(config.gen_length, state.device)).any()):  # final and not reached
             raise _fail(strategy, "dllm_forward", "a block ended but the step's logits do not cover all of it")
         state = state.evolve(response=torch.where(final, estimate, state.response),
                              commit_step=torch.where(final, state.step, state.commit_step))
