@@ -360,13 +360,13 @@ def test_missing_trajectories_and_problem_files_are_named(tmp_path):
 # ----------------------------------------------------------------------------- the diagnostic
 
 def test_answer_and_tail_blocks_are_read_from_the_first_end_token():
-    from dllm_certainty_forcing.diagnostic import answer_lengths, block_kinds
+    from dllm_strategies import ops
 
     targets = torch.tensor([[5, 6, 7, 1, 1, 1, 1, 1], [5, 2, 1, 1, 1, 1, 1, 1], [5, 6, 7, 8, 9, 5, 6, 7],
                             [1, 1, 1, 1, 1, 1, 1, 1]])
-    answer = answer_lengths(targets, [1, 2])
+    answer = ops.first_index_of(targets, [1, 2])
     assert answer.tolist() == [3, 1, 8, 0]
-    assert block_kinds(answer, 4, 2).tolist() == [[True, True, False, False], [True, False, False, False],
+    assert ops.answer_blocks(answer, 4, 2).tolist() == [[True, True, False, False], [True, False, False, False],
                                                   [True, True, True, True], [False, False, False, False]]
 
 

@@ -127,16 +127,6 @@ class _Tally:
         return out
 
 
-def answer_lengths(targets: torch.Tensor, end_ids: Sequence[int]) -> torch.Tensor:
-    """(B,) answer tokens per row of ``targets`` (B, G): the columns before the first end id."""
-    return ops.first_index_of(targets, end_ids)
-
-
-def block_kinds(answer: torch.Tensor, num_blocks: int, block_length: int) -> torch.Tensor:
-    """(B, num_blocks) bool, True for an answer block (it holds a column before ``answer``)."""
-    return ops.answer_blocks(answer, num_blocks, block_length)
-
-
 def _padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
@@ -197,7 +187,7 @@ def diagnose(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[S
     for start in chunks:
         prompt, prompt_mask = _padded(prompts[start:start + config.batch_size], pad_id)
         targets = targets_all[start:start + config.batch_size]
-        kinds = block_kinds(answer_lengths(targets, end_ids), num_blocks, block)
+        kinds = ops.answer_blocks(ops.first_index_of(targets, end_ids), num_blocks, block)
         for ratio in config.ratios:
             for n in range(measured):
                 in_block = (columns >= n * block) & (columns < (n + 1) * block)
@@ -286,7 +276,7 @@ def _visited(model: Any, prompts: Sequence[Sequence[int]], targets_all: torch.Te
         if answers is not None:
             chunk = answers[start:start + config.batch_size]
             correct += sum(is_correct(t, a) for t, a in zip(result.text, chunk, strict=True))
-        kinds = block_kinds(answer_lengths(targets, end_ids), num_blocks, block)
+        kinds = ops.answer_blocks(ops.first_index_of(targets, end_ids), num_blocks, block)
         states = visited_states(tokens, commit, result.steps.cpu(), block, model.mask_id)
         for first in range(0, len(states.row), config.batch_size):
             part = slice(first, first + config.batch_size)
