@@ -26,9 +26,12 @@ class RandomStream:
         return cls(generator=torch.Generator(device=device).manual_seed(seed), batch_size=batch_size)
 
     def randint(self, high: int, width: int, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), width) ids uniform in ``[0, high)``: one ``torch.randint`` over the whole batch."""
+        """(len(rows), width) ids uniform in ``[0, high)``: one ``torch.randint`` over the whole batch
+        (``rows``: ``state.rows``, the step's rows in batch order)."""
         draw = torch.randint(0, high, (self.batch_size, width), generator=self.generator,
                              device=self.generator.device)
+        if rows.numel() == self.batch_size:  # every row (rows are in batch order): the draw itself
+            return draw
         return draw.index_select(0, rows.to(draw.device))
 
     def multinomial(self, probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -39,4 +42,5 @@ class RandomStream:
         whole = probs if R == self.batch_size else probs.new_ones(self.batch_size, W, V).index_copy(
             0, rows.to(probs.device), probs)
         draw = torch.multinomial(whole.reshape(-1, V), num_samples=1, generator=self.generator)
-        return draw.view(self.batch_size, W).index_select(0, rows.to(draw.device))
+        draw = draw.view(self.batch_size, W)
+        return draw if R == self.batch_size else draw.index_select(0, rows.to(draw.device))

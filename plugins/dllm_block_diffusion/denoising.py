@@ -189,7 +189,7 @@ class StableStop(Plugin):
         if S > 1:
             history = history.masked_fill(fresh[:, None, None], -1)
         stable = (history == argmax[:, None, :]).flatten(1).all(1) & ~fresh
-        latest = torch.cat([history[:, 1:], argmax[:, None, :]], 1)
+        latest = argmax[:, None, :] if S == 1 else torch.cat([history[:, 1:], argmax[:, None, :]], 1)
         if whole:
             self.history = latest
         else:
