@@ -119,10 +119,10 @@ class EntropyBound(Plugin):
         window = plan.window(state) & logits.reach(G, state.device)
         entropy = logits.widen(logits.derived(categorical_entropy), float("inf"), G).masked_fill(~window, float("inf"))
         ordered, order = torch.sort(entropy, dim=-1)
-        finite = torch.isfinite(ordered)
-        ordered = ordered.masked_fill(~finite, 0.0)
+        # the window's positions sort first; from the first +inf (outside the window) on, the sum
+        # minus the largest is inf - inf = NaN, which no bound admits
         spent = torch.cumsum(ordered, dim=-1) - ordered
-        keep = finite & (spent <= self.options.bound)
+        keep = spent <= self.options.bound
         return torch.zeros_like(keep).scatter(-1, order, keep) & window
 
 
@@ -145,7 +145,7 @@ class Renoise(Plugin):
         noise = state.rng.randint(proposal.logits.values.shape[-1], width, state.rows)
         offset = (state.columns[None, :] - plan.window_start[:, None]).clamp(0, width - 1)
         base = commit.tokens if commit.tokens is not None else proposal.tokens
-        tokens = torch.where(window & ~commit.mask, noise.gather(1, offset), base)
+        tokens = torch.where(window > commit.mask, noise.gather(1, offset), base)  # in the window, not accepted
         return attrs.evolve(commit, tokens=tokens)
 
 
