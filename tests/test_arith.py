@@ -73,6 +73,14 @@ def test_shipped_test_split_is_fixed_unique_and_never_trained_on():
     assert [p.to_dict() for p in task.validation_problems(200, seed=0)] == list(splits["validation"])
 
 
+def test_training_never_holds_a_validation_question_whatever_part_its_loss_reads():
+    d = task.Difficulty(max_ops=1, max_operand=3)  # a small space, so that collisions happen
+    validation = {p.question for p in task.validation_problems(difficulty=d)}
+    splits = task.make_splits(train_size=3000, validation_size=20, seed=0, difficulty=d)
+    assert len(validation) > 20 and not set(splits["train"]["question"]) & validation
+    assert splits["validation"].num_rows == 20
+
+
 def test_long_answer_variant_is_a_task_of_its_own_never_trained_on():
     from dllm_strategies import discovery
 
