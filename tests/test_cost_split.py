@@ -111,6 +111,26 @@ def test_a_set_without_the_split_reports_none_not_a_partial_sum():
     assert row.split(" | ")[6:10] == ["4.0", "-", "-", "0.75"]  # mean NFE, answer NFE, tail NFE, TPF
 
 
+def _totals(*requests: tuple[int, int, int]) -> metrics.CostTotals:
+    """Totals of requests given as (NFE, answer forwards, tail forwards)."""
+    return metrics.CostTotals.of(
+        metrics.RequestCost(kind="bench", task="t", doc_id=i, nfe=n, steps=n, answer_tokens=3, seconds=1.0,
+                            answer_forwards=a, tail_forwards=t) for i, (n, a, t) in enumerate(requests))
+
+
+def test_tail_share_is_the_part_of_the_saving_spent_on_the_tail():
+    # the baseline of the docs' example: 32 answer and 224 tail forwards a request
+    baseline = _totals((256, 32, 224), (256, 32, 224))
+    threshold = _totals((18, 11, 7), (18, 11, 7))  # 238 saved, 217 of them in the tail
+    assert metrics.tail_share(baseline, threshold) == pytest.approx(217 / 238)
+    answer_only = _totals((240, 16, 224), (240, 16, 224))  # a rule that saves only inside the answer
+    assert metrics.tail_share(baseline, answer_only) == 0.0
+    assert metrics.tail_share(baseline, baseline) is None  # nothing saved
+    no_split = metrics.CostTotals.of([metrics.RequestCost(kind="bench", task="t", doc_id=0, nfe=8, steps=8,
+                                                          answer_tokens=3, seconds=1.0)])
+    assert metrics.tail_share(baseline, no_split) is None
+
+
 # ------------------------------------------------------------------------------------------
 # Real decodes of the shipped model
 # ------------------------------------------------------------------------------------------
@@ -144,8 +164,11 @@ def test_bench_reports_the_split_and_it_adds_up_on_a_real_decode(shipped, tmp_pa
         assert entry["mean_answer_forwards"] + entry["mean_tail_forwards"] == pytest.approx(entry["mean_nfe"])
         assert entry["answer_tpf"] == pytest.approx(r.totals.answer_tokens / r.totals.answer_forwards)
         assert [x["answer_forwards"] for x in entry["records"]] == [x.answer_forwards for x in r.records]
+    assert data["entries"][0]["tail_share"] is None  # the baseline saves nothing against itself
+    assert data["entries"][1]["tail_share"] == pytest.approx(metrics.tail_share(base.totals, eot.totals))
     table = paths["markdown"].read_text()
     assert "| mean NFE | answer NFE | tail NFE | TPF | answer TPF |" in table
+    assert table.rstrip().splitlines()[-1].endswith(f"| {100 * eot.tail_share:.0f}% |")
     cells = next(line for line in table.splitlines() if "**low_confidence" in line).split(" | ")
     assert cells[7:10] == [f"{base.totals.mean_answer_forwards:.1f}", f"{base.totals.mean_tail_forwards:.1f}",
                            f"{base.totals.tpf:.2f}"]

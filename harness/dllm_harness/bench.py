@@ -80,12 +80,14 @@ class Trajectory:
 
 @attrs.frozen
 class EntryResult:
-    """An entry's records and derived metrics (speedup is filled in against the baseline)."""
+    """An entry's records and derived metrics (speedup and tail share are filled in against the
+    baseline)."""
 
     entry: matrix.Entry
     records: list[ProblemRecord]
     trajectory: Trajectory | None
     speedup: float | None = None
+    tail_share: float | None = None
 
     @property
     def totals(self) -> metrics.CostTotals:
@@ -115,7 +117,7 @@ class EntryResult:
                 "answer_tpf": t.answer_tpf, "answer_forwards": t.answer_forwards, "tail_forwards": t.tail_forwards,
                 "mean_encoder_forwards": t.mean_encoder_forwards,
                 "tokens_per_second": t.tokens_per_second, "seconds": t.seconds, "answer_tokens": t.answer_tokens,
-                "speedup": self.speedup}
+                "speedup": self.speedup, "tail_share": self.tail_share}
 
 
 def run_entry(model: Any, entry: matrix.Entry, problems: Sequence[Any], *, batch_size: int, seed: int,
@@ -206,13 +208,15 @@ def baseline_finder(results: Sequence[EntryResult]) -> Callable[[EntryResult], E
 
 
 def with_speedups(results: Sequence[EntryResult]) -> list[EntryResult]:
-    """Each result with its speedup over the baseline it is compared with (:func:`baseline_finder`)."""
+    """Each result with its speedup over the baseline it is compared with (:func:`baseline_finder`)
+    and the tail share of the forwards it saves against it (docs/metrics.md)."""
     baseline_of = baseline_finder(results)
     out = []
     for r in results:
         base, seconds = baseline_of(r), r.totals.seconds
         value = metrics.speedup(base.totals.seconds, seconds) if base and base.totals.seconds and seconds > 0 else None
-        out.append(attrs.evolve(r, speedup=value))
+        share = None if base is None or r.entry.baseline else metrics.tail_share(base.totals, r.totals)
+        out.append(attrs.evolve(r, speedup=value, tail_share=share))
     return out
 
 

@@ -280,6 +280,17 @@ def speedup(baseline_seconds: float, seconds: float) -> float:
     return baseline_seconds / seconds
 
 
+def tail_share(baseline: CostTotals, method: CostTotals) -> float | None:
+    """The part of the forwards ``method`` saves against ``baseline`` (the same problems) that are
+    tail forwards (docs/metrics.md); None when it saves none or a set has no answer / tail split."""
+    if baseline.mean_tail_forwards is None or method.mean_tail_forwards is None:
+        return None
+    saved = baseline.mean_nfe - method.mean_nfe
+    if saved <= 0:
+        return None
+    return (baseline.mean_tail_forwards - method.mean_tail_forwards) / saved
+
+
 def aup_weight(y: float, y_max: float) -> float:
     """W(y) = min(exp(-3 (1 - y / y_max)), 1); 1 when every method scored 0."""
     if y_max <= 0:

@@ -12,7 +12,7 @@ import attrs
 # "answer NFE" + "tail NFE" = "mean NFE": the mean forwards spent on blocks holding answer tokens
 # and on the end-of-text tail (docs/metrics.md); at a long gen length the tail can dominate.
 COLUMNS = ("model", "gen", "block", "strategy", "steps", "accuracy %", "mean NFE", "answer NFE", "tail NFE", "TPF",
-           "answer TPF", "tokens/s", "speedup")
+           "answer TPF", "tokens/s", "speedup", "tail share")
 # Shown after "mean NFE" only when an entry ran a block-diffusion model: the passes that wrote
 # finished blocks into its exact cache, which NFE does not count.
 ENCODER_COLUMN = "encoder passes"
@@ -29,7 +29,8 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
     lines = [f"Benchmark on {meta['problem_set']} (seed {meta['seed']}, batch {meta['batch_size']}, "
              f"{meta['torch_threads']} torch threads). Metrics: docs/metrics.md; answer NFE + tail NFE = mean NFE, "
              "the forwards spent on blocks that hold answer tokens and on blocks that end up all end-of-text; "
-             "answer TPF = answer tokens / answer NFE.", ""]
+             "answer TPF = answer tokens / answer NFE; tail share = the part of the forwards saved against the "
+             "baseline that are tail forwards.", ""]
     summaries = [r.summary() for r in results]
     encoder = any(s["mean_encoder_forwards"] for s in summaries)
     columns = list(COLUMNS)
@@ -43,7 +44,8 @@ def markdown(results: Sequence[Any], aups: Sequence[dict[str, Any]], meta: dict[
         cells = [s["model"], str(s["gen_length"]), str(s["block_length"]), name, str(s["steps"]),
                  _number(s["accuracy"], 1), _number(s["mean_nfe"], 1), _number(s["mean_answer_forwards"], 1),
                  _number(s["mean_tail_forwards"], 1), _number(s["tpf"], 2), _number(s["answer_tpf"], 2),
-                 _number(s["tokens_per_second"], 1), speed]
+                 _number(s["tokens_per_second"], 1), speed,
+                 "-" if s.get("tail_share") is None else f"{100 * s['tail_share']:.0f}%"]
         if encoder:
             cells.insert(columns.index(ENCODER_COLUMN), _number(s["mean_encoder_forwards"], 1))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
