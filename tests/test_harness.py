@@ -264,6 +264,18 @@ def test_rendered_tasks_use_absolute_paths_and_the_tasks_own_extractor(rendered)
         assert (int(found[0]) if found else None) == extract_answer(text)
 
 
+def test_the_long_answer_task_is_rendered_from_the_same_template_on_its_own_split(rendered):
+    base = yaml.safe_load(rendered.files["dllm_arith"].read_text())
+    long = yaml.safe_load(rendered.files["dllm_arith_long"].read_text())
+    assert base["task"] == "dllm_arith" and long["task"] == "dllm_arith_long"
+    data = long["dataset_kwargs"]["data_files"]["test"]
+    assert local_tasks.Path(data) == task.ARITH_LONG.test_file.resolve()
+    assert {k: v for k, v in long.items() if k not in ("task", "dataset_kwargs")} == \
+        {k: v for k, v in base.items() if k not in ("task", "dataset_kwargs")}
+    tm = rendered.task_manager()
+    assert "dllm_arith_long" in tm.all_tasks
+
+
 def test_multiple_choice_task_has_the_gold_solution_at_its_label(rendered):
     config = yaml.safe_load(rendered.files["dllm_arith_mc"].read_text())
     rows = [json.loads(line) for line in open(config["dataset_kwargs"]["data_files"]["test"])]

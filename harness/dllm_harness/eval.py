@@ -4,9 +4,9 @@
     dllm-strategies eval --model /path/to/LLaDA-8B-Instruct --tasks gsm8k --gen-length 256 --batch_size 8
 
 The launcher imports the adapter (which registers the lm-eval model ``dllm``), renders the
-project's local tasks (``dllm_arith``, ``dllm_arith_mc``) into a temporary directory, and runs
-lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) with ``--model dllm`` and
-``--model_args`` built from its options.  Every lm-eval ``run`` option is accepted and handed to
+project's local tasks (``dllm_arith``, ``dllm_arith_mc``, ``dllm_arith_long``) into a temporary
+directory, and runs lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) with
+``--model dllm`` and ``--model_args`` built from its options.  Every lm-eval ``run`` option is accepted and handed to
 lm-eval untouched, in the order given; a ``--model_args`` of the user's is merged over ours.
 
 Defaults of the launcher that differ from lm-eval's: ``--batch_size 16``, ``--device`` CUDA when
@@ -97,8 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="do not pass --apply_chat_template to lm-eval (the launcher passes it by default)")
     quiet_option(ours)
     ours.add_argument("--tasks", "-t", nargs="+", required=True,
-                      help="lm-eval task names, comma or space separated; dllm_arith and dllm_arith_mc are the "
-                           "project's local tasks")
+                      help="lm-eval task names, comma or space separated; dllm_arith, dllm_arith_mc and "
+                           "dllm_arith_long are the project's local tasks")
     try:
         run_parser = _lm_eval_run_parser()
     except ImportError as exc:

@@ -11,6 +11,8 @@ only (``dataset_path: json``), so they run with ``HF_DATASETS_OFFLINE=1``.
   and of the last number in the text (``flexible-extract``), as lm-eval's GSM8K does.
 * ``dllm_arith_mc``: the gold worked solution against three copies whose last step and final answer
   are wrong (off by 1 to 3), scored by log-likelihood (``acc``).
+* ``dllm_arith_long``: ``dllm_arith`` on the long-answer variant's held-out split (task
+  ``arith-long``: solutions of 67 to 116 tokens).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from dllm_strategies.errors import ConfigError
 
 TEMPLATES = Path(__file__).parent / "tasks"
 TASK = "arith"  # the registered task (dllm_tasks hook) these lm-eval tasks are rendered from
-LOCAL_TASKS = ("dllm_arith", "dllm_arith_mc")
+LONG_TASK = "arith-long"  # ... and the registered long-answer variant dllm_arith_long is rendered from
+LOCAL_TASKS = ("dllm_arith", "dllm_arith_mc", "dllm_arith_long")
 MC_SEED = 7
 MC_WRONG = 3
 _OFFSETS = (-3, -2, -1, 1, 2, 3)
@@ -107,10 +110,15 @@ def render_tasks(directory: str | Path, test_file: str | Path | None = None) -> 
             f.write(json.dumps(row) + "\n")
     values = {"@TEST_FILE@": _yaml_string(str(test_file)), "@MC_FILE@": _yaml_string(str(mc_file)),
               "@ANSWER_REGEX@": _yaml_string(task.ANSWER_RE.pattern)}
+    long_file = Path(discovery.task(LONG_TASK).TEST_FILE).resolve()
     files = {}
     for name in LOCAL_TASKS:
-        text = (TEMPLATES / name / f"{name}.yaml").read_text()
-        for key, value in values.items():
+        template = "dllm_arith" if name == "dllm_arith_long" else name
+        text = (TEMPLATES / template / f"{template}.yaml").read_text()
+        own = {"@TASK@": name}
+        if name == "dllm_arith_long":
+            own["@TEST_FILE@"] = _yaml_string(str(long_file))
+        for key, value in {**values, **own}.items():
             text = text.replace(key, value)
         out = directory / name / f"{name}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
