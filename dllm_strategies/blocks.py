@@ -25,6 +25,7 @@ extra model inputs (``self_conditioning``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -40,6 +41,13 @@ def decided_prefix(state: DecodeState) -> torch.Tensor:
     undecided = state.masked
     first = torch.where(undecided.any(1), undecided.int().argmax(1), state.live_length)
     return torch.minimum(first, state.live_length)
+
+
+def _rows_in_block(state: DecodeState, block: int) -> torch.Tensor | None:
+    """(n,) the rows with an undecided position in ``block``, or None when there are none."""
+    L = state.config.block_length
+    here = state.masked[:, block * L:(block + 1) * L].any(1)
+    return here.nonzero().squeeze(1) if bool(here.any()) else None
 
 
 def open_block(state: DecodeState) -> torch.Tensor:
@@ -69,6 +77,9 @@ class BlockRun(Run):
     lockstep: bool = False
     over: torch.Tensor | None = None
     block: int | None = None  # lockstep: the block the batch is decoding
+    any_over: bool = False  # whether some row's text is over (read every step, changes rarely)
+    # lockstep: per block, the function of the undecided positions giving the rows still in it
+    in_block: dict = attrs.field(factory=dict)
 
     @classmethod
     @torch.no_grad()
@@ -84,18 +95,18 @@ class BlockRun(Run):
         active = ~state.finished
         if self.lockstep:
             if self.block is not None:  # rows only ever leave a block: those still in it step
-                L = state.config.block_length
-                here = active & state.masked[:, self.block * L:(self.block + 1) * L].any(1)
-                if bool(here.any()):
-                    return here.nonzero().squeeze(1)
+                if self.block not in self.in_block:
+                    self.in_block[self.block] = functools.partial(_rows_in_block, block=self.block)
+                rows = state.of_masked(self.in_block[self.block])  # (a finished row has nothing undecided)
+                if rows is not None:
+                    return rows
             if bool(active.any()):
                 block = open_block(state)
                 self.block = int(block[active].min())
                 active = active & (block == self.block)
         return active.nonzero().squeeze(1)
 
-    @torch.no_grad()
-    def step(self) -> StepRecord:
+    def _advance(self) -> StepRecord:
         state, config = self.state, self.state.config
         live = self.stepping()
         if state.step >= config.max_steps:
@@ -108,7 +119,7 @@ class BlockRun(Run):
         record = _step(self.strategy, self.metered, part, live)
         after = record.after
         ghosts = self.over if whole else self.over.index_select(0, live)
-        if bool(ghosts.any()):  # a row whose text is over is not charged for lockstep's extra steps
+        if self.any_over and bool(ghosts.any()):  # a row whose text is over is not charged for lockstep's extra steps
             keep = ghosts[:, None]
             after = after.evolve(nfe=torch.where(ghosts, part.nfe, after.nfe),
                                  taken=torch.where(ghosts, part.taken, after.taken),
@@ -118,9 +129,12 @@ class BlockRun(Run):
         else:
             self.forced[live] += record.forced
         merged = after if whole else state.put(live, after)
-        self.state = self._end_texts(merged)
+        self.state = merged if merged.masked is state.masked else self._end_texts(merged)  # the same undecided
+        # positions (the view carried along): nothing was decided, no text can have ended
         if self.frames is not None:
             self.frames.append(self.state.response.clone())
+        if whole and self.state is record.after:  # the step's own result stands
+            return record
         return attrs.evolve(record, after=self.state if whole else self.state.take(live))
 
     def _end_texts(self, state: DecodeState) -> DecodeState:
@@ -136,6 +150,7 @@ class BlockRun(Run):
         after = has[:, None] & (cols > end[:, None]) & ~state.masked
         state = state.evolve(response=state.response.masked_fill(after, fill))
         self.over = self.over | has
+        self.any_over = True
         if self.lockstep and not bool(self.over.all()):
             return state
         cut = self.over & ~state.finished

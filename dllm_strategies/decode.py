@@ -258,8 +258,12 @@ class Run:
     def done(self) -> bool:
         return bool(self.state.finished.all())
 
-    @torch.no_grad()
     def step(self) -> StepRecord:
+        """Take one step (autograd off) and return what it did."""
+        with torch.no_grad():
+            return self._advance()
+
+    def _advance(self) -> StepRecord:
         state, config = self.state, self.state.config
         running = (~state.finished).nonzero().squeeze(1)
         if state.step >= config.max_steps:
@@ -292,8 +296,9 @@ class Run:
 def run(strategy: RunPlugins, model: Any, state: DecodeState) -> DecodeResult:
     """Run the loop from ``state`` to the end (see :func:`decode`)."""
     current = Run.begin(strategy, model, state)
-    while not current.done:
-        current.step()
+    with torch.no_grad():  # once for the run, not once a step
+        while not current.done:
+            current._advance()
     return current.result()
 
 
@@ -308,16 +313,14 @@ def _step(strategy: RunPlugins, model: MeteredModel, state: DecodeState, rows: t
     logits = strategy.call("dllm_forward", model=model, state=state, plan=plan)
     _check_logits(strategy, logits, state)
     tokens = strategy.call("dllm_sample", state=state, logits=logits, plan=plan)
-    confidence = ops.confidence(logits.values, tokens)
+    confidence = ops.probability_of(logits.probabilities, tokens)
     scores = strategy.call("dllm_score", state=state, logits=logits, tokens=tokens, confidence=confidence, plan=plan)
     _check_finite(model, confidence, state)
-    candidates = state.masked
-    if logits.cover is not None or logits.start > 0 or logits.stop < G:
-        candidates = candidates & logits.reach(G, state.device)
     proposal = Proposal(
         tokens=logits.widen(tokens, config.mask_id, G),
         confidence=logits.widen(confidence, 0.0, G),
-        scores=logits.widen(scores.to(confidence.dtype), float("-inf"), G).masked_fill(~candidates, float("-inf")),
+        # -inf where nothing can be committed: widen fills what the logits do not reach
+        scores=torch.where(state.masked, logits.widen(scores.to(confidence.dtype), float("-inf"), G), float("-inf")),
         logits=logits,
     )
     commit = _as_commit(strategy.call("dllm_remask", state=state, proposal=proposal, plan=plan))
@@ -350,15 +353,18 @@ def _check_plan(strategy: RunPlugins, plan: Any, state: DecodeState) -> None:
         value = getattr(plan, name)
         if not isinstance(value, torch.Tensor) or value.shape != (B,):
             raise _fail(strategy, "dllm_schedule", f"Plan.{name} must be a ({B},) tensor")
-    bad = (plan.budget < 0) | (plan.window_start < 0) | (plan.window_end > G) | (plan.window_end <= plan.window_start)
-    if bool(bad.any()):
+    # every bound as a quantity that must be >= 0 (the budget: > 0 unless empty steps are
+    # declared), their minima read in one transfer
+    least_budget, least_start, least_room, least_width = torch.stack(
+        [plan.budget, plan.window_start, G - plan.window_end, plan.window_end - plan.window_start - 1]).amin(1).tolist()
+    if min(least_budget, least_start, least_room, least_width) < 0:
         raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1 "
                                                "(0 only from a schedule declaring empty_steps)")
     # A step that commits nothing (Dream's first step) only from a schedule that says it plans
     # one, and never at or past a row's last declared step: a row still takes at most
     # steps - 1 empty steps, so every run ends.
-    empty = plan.budget == 0
-    if bool(empty.any()):
+    if least_budget == 0:
+        empty = plan.budget == 0
         if not getattr(strategy.owner("dllm_schedule"), "empty_steps", False):
             raise _fail(strategy, "dllm_schedule", "planned budget 0 (a step that commits nothing) but does not "
                                                    "declare empty_steps = True; plan a budget >= 1 or declare it")
@@ -385,7 +391,9 @@ def _check_logits(strategy: RunPlugins, logits: Any, state: DecodeState) -> None
 
 
 def _check_finite(model: Any, confidence: torch.Tensor, state: DecodeState) -> None:
-    if not bool(torch.isfinite(confidence).all()):
+    # a confidence is a probability: it is not finite only as NaN (from NaN or +inf logits), and a
+    # NaN anywhere makes the sum NaN
+    if bool(confidence.sum().isnan()):
         row, col = (~torch.isfinite(confidence)).nonzero()[0].tolist()
         raise ModelOutputError(
             f"model {_model_name(model.model)} returned NaN or inf logits at step {state.step} "
@@ -443,20 +451,18 @@ def _apply(strategy: RunPlugins, state: DecodeState, plan: Plan, proposal: Propo
         if not getattr(owner, "revocable", False):
             raise _fail(strategy, "dllm_remask", "returned Commit.revoke but is not revocable "
                                                  "(set revocable = True on the plugin class)")
-        cols = state.columns[None, :]
-        inside = (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None]) & state.live
+        inside = plan.inside(state.columns) & state.live
         if bool((revoke & ~(inside & ~masked)).any()) or bool((revoke & chosen).any()):
             raise _fail(strategy, "dllm_remask", "may revoke only tokens committed earlier inside the current "
                                                  "window, never the prompt, an earlier block or this step's commits")
         response = response.masked_fill(revoke, config.mask_id)
         commit_step = commit_step.masked_fill(revoke, -1)
-    same_window = plan.window_start == state.window_start
     block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
     block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
     new = state.evolve(
         response=response, commit_step=commit_step, nfe=state.nfe + forwards, block_nfe=block_nfe,
         taken=state.taken + 1,
-        window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
+        window_steps=state.steps_in_window(plan.window_start) + 1, window_start=plan.window_start,
     )
     return new, Commit(mask=chosen, tokens=values, revoke=revoke), forced
 

@@ -17,16 +17,21 @@ def semi_ar_plan(state: DecodeState) -> Plan:
     ``ceil(masked_in_block / steps_left_in_block)`` (equal to LLaDA's ``masked // steps`` with
     the remainder on the first steps)."""
     config = state.config
-    B, width = state.batch_size, config.block_length
     if config.aligned_blocks:
         return _aligned_plan(state)
-    per_block = state.masked.view(B, config.num_blocks, width).sum(-1)
-    block = (per_block > 0).long().argmax(-1)  # first block with a masked position
-    start = block * width
-    masked_here = per_block.gather(1, block[:, None]).squeeze(1)
+    start, end, masked_here = state.of_masked(_first_masked_block)
     steps_left = (config.steps_per_block - state.steps_in_window(start)).clamp(min=1)
     budget = torch.div(masked_here + steps_left - 1, steps_left, rounding_mode="floor").clamp(min=1)
-    return Plan(window_start=start, window_end=start + width, budget=budget)  # within gen_length: a multiple of width
+    return Plan(window_start=start, window_end=end, budget=budget)
+
+
+def _first_masked_block(state: DecodeState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B,) start and end of each row's first block with a masked position, and how many it holds."""
+    width = state.config.block_length
+    per_block = state.masked.view(state.batch_size, state.config.num_blocks, width).sum(-1)
+    block = per_block.clamp(max=1).argmax(-1)  # argmax: the first maximum
+    start = block * width
+    return start, start + width, per_block.gather(1, block[:, None]).squeeze(1)  # end within gen_length
 
 
 def block_bounds(state: DecodeState, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,18 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     softmax keeps them apart up to 0.99999988; the ranking (and every tie-break) would then
     differ from the authors'.  bfloat16 logits give bfloat16 confidences, as theirs do.
     """
-    return torch.softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return probability_of(softmax(logits), tokens)
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax`` over the vocabulary in the logits' dtype (what :func:`confidence` reads;
+    ``Logits.probabilities`` computes it once a step for every hook that needs it)."""
+    return torch.softmax(logits, dim=-1)
+
+
+def probability_of(probabilities: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The probability of each of ``tokens`` under ``probabilities`` (..., V)."""
+    return probabilities.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,14 @@ hold the fill token (end-of-text), never enter a forward again, and are not mask
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import torch
 
+from dllm_strategies import ops
 from dllm_strategies.errors import ConfigError
 from dllm_strategies.noise import RandomStream
 
@@ -248,16 +250,31 @@ class DecodeState:
 
     def evolve(self, **changes: Any) -> DecodeState:
         """``attrs.evolve(self, **changes)`` that keeps the derived views the changes cannot
-        affect (``live`` unless ``live_length`` changes; ``masked`` unless ``response``,
-        ``commit_step`` or ``live_length`` does): a step makes several states, and recomputing
-        the views for each was a visible part of a small model's step."""
-        new = attrs.evolve(self, **changes)
+        affect (``live`` unless ``live_length`` changes; ``masked`` unless ``live_length`` or
+        what it reads does: ``response`` under the absorbing process, ``commit_step`` under the
+        uniform one): a step makes several states, and recomputing the views for each was a
+        visible part of a small model's step."""
+        new = _evolve(self, changes)
         views = self._views
         if "live" in views and not changes.keys() & {"live_length", "columns", "config"}:
             new._views["live"] = views["live"]
-            if "masked" in views and "response" not in changes and "commit_step" not in changes:
+            # under the uniform process a token is undecided by its commit step alone
+            reads = "commit_step" if self.config.process == "uniform" else "response"
+            if "masked" in views and reads not in changes:
                 new._views["masked"] = views["masked"]
+                if "of_masked" in views:  # functions of masked alone stay valid with it
+                    new._views["of_masked"] = views["of_masked"]
         return new
+
+    def of_masked(self, compute: Callable[[DecodeState], Any]) -> Any:
+        """``compute(self)`` for a function of the undecided positions alone (``masked``, read with
+        the config and ``columns``), computed once and shared by the states that follow while they
+        leave ``masked`` as it is: under the uniform process, every step of a block.  The schedule's
+        choice of block is one.  Treat the result as read-only."""
+        memo = self._views.setdefault("of_masked", {})
+        if compute not in memo:
+            memo[compute] = compute(self)
+        return memo[compute]
 
     def steps_in_window(self, window_start: torch.Tensor) -> torch.Tensor:
         """(B,) steps already spent in the window starting at ``window_start`` (0 if new).  The
@@ -266,7 +283,10 @@ class DecodeState:
         asked = self._views.get("steps")
         if asked is not None and asked[0] is window_start:
             return asked[1]
-        steps = torch.where(window_start == self.window_start, self.window_steps, 0)
+        if window_start is self.window_start:  # the window of the last step, as the same tensor
+            steps = self.window_steps
+        else:
+            steps = torch.where(window_start == self.window_start, self.window_steps, 0)
         self._views["steps"] = (window_start, steps)
         return steps
 
@@ -280,7 +300,7 @@ class DecodeState:
         pick = {name: getattr(self, name).index_select(0, index) for name in _ROW_FIELDS}
         if self.reference is not None:
             pick["reference"] = self.reference.index_select(0, index)
-        return attrs.evolve(self, **pick)
+        return _evolve(self, pick)
 
     def put(self, index: torch.Tensor, part: DecodeState) -> DecodeState:
         """This state with rows ``index`` replaced by ``part`` (and ``part``'s step)."""
@@ -289,8 +309,37 @@ class DecodeState:
             whole = getattr(self, name).clone()
             whole[index] = getattr(part, name)
             merged[name] = whole
-        return attrs.evolve(self, step=part.step, **merged)
+        return _evolve(self, {**merged, "step": part.step})
 
+
+def _evolve(value: Any, changes: dict[str, Any]) -> Any:
+    """``attrs.evolve(value, **changes)`` at a third of the cost (a step makes several states):
+    fields are copied as they are, which is what attrs does for a class without validators,
+    converters or a post-init hook; any other class goes through ``attrs.evolve``."""
+    cls = type(value)
+    plan = _EVOLVE_PLANS.get(cls)
+    if plan is None:
+        fields = attrs.fields(cls)
+        plain = not hasattr(cls, "__attrs_post_init__") and all(
+            f.validator is None and f.converter is None for f in fields)
+        kept = tuple(f.name for f in fields if f.init)
+        fresh = tuple((f.name, f.default.factory) for f in fields
+                      if not f.init and isinstance(f.default, attrs.Factory) and not f.default.takes_self)
+        plan = _EVOLVE_PLANS[cls] = (plain and len(kept) + len(fresh) == len(fields), kept, frozenset(kept), fresh)
+    plain, kept, known, fresh = plan
+    if not plain:
+        return attrs.evolve(value, **changes)
+    if not changes.keys() <= known:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(changes.keys() - known))}")
+    new = object.__new__(cls)
+    for name in kept:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(value, name))
+    for name, factory in fresh:
+        object.__setattr__(new, name, factory())
+    return new
+
+
+_EVOLVE_PLANS: dict[type, tuple] = {}
 
 _ROW_FIELDS = ("prompt", "prompt_mask", "response", "live_length", "finished", "nfe", "block_nfe", "taken",
                "window_start", "window_steps", "commit_step", "rows")
@@ -310,17 +359,25 @@ class Plan:
     window_start: torch.Tensor = _tensor
     window_end: torch.Tensor = _tensor
     budget: torch.Tensor = _tensor
-    # the last state window() was asked for and its answer: every hook of a step asks for the same
+    # the window's columns, and the last state window() was asked for with its answer: every
+    # hook of a step asks for the same, and a step makes several states
     _last_window: list = attrs.field(init=False, factory=list, eq=False, repr=False)
+    _inside: list = attrs.field(init=False, factory=list, eq=False, repr=False)
+
+    def inside(self, columns: torch.Tensor) -> torch.Tensor:
+        """(B, G) bool: the columns of each row's window, masked or not (``columns``: the state's
+        ``columns``; computed once: treat it as read-only)."""
+        if not self._inside:
+            cols = columns[None, :]
+            self._inside.append((cols >= self.window_start[:, None]) & (cols < self.window_end[:, None]))
+        return self._inside[0]
 
     def window(self, state: DecodeState) -> torch.Tensor:
         """(B, G) bool: masked positions inside the window (computed once per state: treat it as
         read-only)."""
         if self._last_window and self._last_window[0] is state:
             return self._last_window[1]
-        cols = state.columns[None, :]
-        inside = (cols >= self.window_start[:, None]) & (cols < self.window_end[:, None])
-        window = inside & state.masked
+        window = self.inside(state.columns) & state.masked
         self._last_window[:] = [state, window]
         return window
 
@@ -353,10 +410,16 @@ class Logits:
             self._derived[compute] = compute(self.values)
         return self._derived[compute]
 
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """(B, W, V) ``softmax(values)`` in the values' dtype, computed once (the core's confidence
+        and a sampler read the same; treat it as read-only)."""
+        return self.derived(ops.softmax)
+
     def span(self, gen_length: int, device: torch.device) -> torch.Tensor:
-        """(G,) bool: response columns these logits cover (for some row; see :meth:`reach`)."""
-        cols = torch.arange(gen_length, device=device)
-        return (cols >= self.start) & (cols < self.stop)
+        """(G,) bool: response columns these logits cover (for some row; see :meth:`reach`).
+        Shared by every Logits with the same columns: treat it as read-only."""
+        return _span(self.start, self.stop, gen_length, torch.device(device))
 
     def reach(self, gen_length: int, device: torch.device) -> torch.Tensor:
         """(B, G) bool: the response columns each row's logits cover (computed once; read-only)."""
@@ -374,9 +437,16 @@ class Logits:
             values = torch.where(cover, values, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
         if self.start == 0 and values.shape[1] == gen_length:
             return values
-        out = values.new_full((values.shape[0], gen_length, *values.shape[2:]), fill)
-        out[:, self.start:self.stop] = values
-        return out
+        # one padding op, not a fill then a copy: a step widens several tensors
+        after = gen_length - self.start - values.shape[1]
+        return torch.constant_pad_nd(values, (0, 0) * (values.dim() - 2) + (self.start, after), fill)
+
+
+@functools.lru_cache(maxsize=64)
+def _span(start: int, stop: int, gen_length: int, device: torch.device) -> torch.Tensor:
+    # a run asks for the same few spans (one per block) at every step
+    cols = torch.arange(gen_length, device=device)
+    return (cols >= start) & (cols < stop)
 
 
 @attrs.frozen

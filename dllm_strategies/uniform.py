@@ -75,6 +75,9 @@ def open_windows(state: DecodeState, plan: Plan, vocab_size: int) -> DecodeState
     One ``randint`` of (whole batch, block length) from the run's stream, and only when some row
     enters a new block, so a block's starting canvas is drawn exactly once, as ``generate``
     draws it at the start of each canvas."""
+    moved = plan.window_start is not state.window_start  # a schedule keeping its window hands back the same tensor
+    if not moved or not bool((plan.window_start != state.window_start).any()):  # most steps: no window moved
+        return state
     L = state.config.block_length
     block = torch.div(plan.window_start, L, rounding_mode="floor")
     entering = block != torch.div(state.window_start, L, rounding_mode="floor")  # -1 before the first step
@@ -112,9 +115,8 @@ def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, com
         raise _fail(strategy, "dllm_remask", f"Commit.tokens must be ({B}, {G})")
     forced = torch.zeros(B, dtype=torch.long, device=state.device)
     values = commit.tokens if commit.tokens is not None else proposal.tokens
-    empty = ~accepted.any(1)
-    if bool(empty.any()):
-        empty = empty & (plan.budget > 0)
+    if not bool(accepted.any(1).all()):
+        empty = ~accepted.any(1) & (plan.budget > 0)
         reachable = proposal.scores > float("-inf")
         pick = ops.best_mask(proposal.scores, window & reachable) & empty[:, None]
         if bool((empty & ~pick.any(1)).any()):
@@ -129,12 +131,11 @@ def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, com
         canvas = torch.where(accepted, values, torch.where(window, commit.tokens, state.response))
     else:
         canvas = torch.where(accepted, values, state.response)
-    same_window = plan.window_start == state.window_start
     block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
     block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
     new = state.evolve(
         response=canvas, nfe=state.nfe + forwards, block_nfe=block_nfe, taken=state.taken + 1,
-        window_steps=torch.where(same_window, state.window_steps + 1, 1), window_start=plan.window_start,
+        window_steps=state.steps_in_window(plan.window_start) + 1, window_start=plan.window_start,
     )
     return new, Commit(mask=accepted, tokens=canvas), forced
 
@@ -157,5 +158,8 @@ def stop(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal,
             raise _fail(strategy, "dllm_forward", "a block ended but the step's logits do not cover all of it")
         state = state.evolve(response=torch.where(final, estimate, state.response),
                              commit_step=torch.where(final, state.step, state.commit_step))
-    done = ~state.masked.any(1)
-    return state.evolve(finished=state.finished | done, step=state.step + 1), commit
+    return state.evolve(finished=state.finished | state.of_masked(_nothing_undecided), step=state.step + 1), commit
+
+
+def _nothing_undecided(state: DecodeState) -> torch.Tensor:
+    return ~state.masked.any(1)

@@ -194,3 +194,19 @@ def test_processes_are_checked_when_parsed_and_when_decoding(dg):
         decode(tiny_model(hidden_size=16, num_layers=1, num_heads=2), [[5, 6]], strategy="renoise", gen_length=4)
     with pytest.raises(ConfigError, match="blocks of 8 tokens; use block_length=8"):
         decode(dg, ids, prompt_mask=mask, gen_length=16, block_length=4)
+
+
+def test_multinomial_samples_around_a_mask_the_model_is_sure_of():
+    """An absorbing model all but certain of the mask token: every other probability rounds to 0
+    in float32, yet the sampler draws from the rest (the mask's logit is removed, not its
+    probability), and never the mask."""
+    from dllm_strategies.testing.fakes import FakeModel
+
+    def logits(ids):
+        out = torch.zeros(*ids.shape, 24)
+        out[..., 0] = 1000.0  # the mask
+        out[..., 5] = 2.0
+        return out
+
+    result = decode(FakeModel(logits_fn=logits, vocab_size=24), [[2]], strategy="multinomial", gen_length=8, seed=1)
+    assert (result.tokens != 0).all() and result.nfe.tolist() == [8]

@@ -1,10 +1,11 @@
-"""What a step computes once and shares (Plan.window, Logits.derived / reach,
-DecodeState.steps_in_window, a plugin class's hook markers): the shared value equals a fresh
+"""What a step computes once and shares (Plan.window / inside, Logits.derived / reach / probabilities,
+DecodeState.steps_in_window / of_masked, a plugin class's hook markers): the shared value equals a fresh
 computation, and a new value (an evolved state, new logits) never reads a stale one."""
 
 from __future__ import annotations
 
 import attrs
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,3 +111,64 @@ def test_evolve_keeps_only_the_views_its_changes_leave_alone():
     assert cut.live[2].tolist() == [True] * 4 + [False] * 4
     assert attrs.evolve(state, step=2).masked is not masked  # plain attrs.evolve recomputes: still right
     assert torch.equal(attrs.evolve(state, step=2).masked, masked)
+
+
+def _uniform_state(B: int = 2, G: int = 8, L: int = 4) -> DecodeState:
+    config = DecodeConfig(gen_length=G, block_length=L, mask_id=9, fill_id=8, process="uniform")
+    return DecodeState.start(torch.ones(B, 2, dtype=torch.long), torch.ones(B, 2, dtype=torch.bool), config)
+
+
+def test_of_masked_is_shared_while_the_undecided_positions_stay_and_recomputed_after():
+    calls = []
+
+    def undecided_per_row(state):
+        calls.append(1)
+        return state.masked.sum(1)
+
+    state = _uniform_state()
+    assert state.of_masked(undecided_per_row).tolist() == [8, 8] and len(calls) == 1
+    # uniform process: a new canvas (response) leaves the undecided positions as they were
+    noisy = state.evolve(response=torch.full_like(state.response, 3), step=1)
+    assert noisy.masked is state.masked and noisy.of_masked(undecided_per_row).tolist() == [8, 8]
+    assert len(calls) == 1
+    decided = noisy.evolve(commit_step=noisy.commit_step.index_fill(1, torch.tensor([0, 1]), 1))
+    assert decided.of_masked(undecided_per_row).tolist() == [6, 6] and len(calls) == 2
+    # absorbing process: the response is what masked reads
+    absorbing = _state(B=2)
+    absorbing.of_masked(undecided_per_row)
+    committed = absorbing.evolve(response=absorbing.response.index_fill(1, torch.tensor([0]), 4))
+    assert committed.of_masked(undecided_per_row).tolist() == [7, 7] and len(calls) == 4
+
+
+def test_the_fast_evolve_equals_attrs_evolve_and_refuses_unknown_fields():
+    state = _state()
+    nfe = state.nfe + 2
+    fast, slow = state.evolve(step=4, nfe=nfe), attrs.evolve(state, step=4, nfe=nfe)
+    for field in attrs.fields(DecodeState):
+        if field.name != "_views":
+            assert getattr(fast, field.name) is getattr(slow, field.name), field.name
+    assert fast == slow
+    with pytest.raises(TypeError, match="no field"):
+        state.evolve(nonsense=1)
+
+
+def test_plan_inside_and_the_schedule_keep_their_tensors_within_a_block():
+    from dllm_strategies.defaults import semi_ar_plan
+
+    state = _uniform_state()
+    plan = semi_ar_plan(state)
+    assert plan.inside(state.columns) is plan.inside(state.columns)
+    assert plan.inside(state.columns).sum(1).tolist() == [4, 4]
+    later = state.evolve(response=torch.full_like(state.response, 3), window_start=plan.window_start,
+                         window_steps=torch.ones(2, dtype=torch.long), step=1)
+    again = semi_ar_plan(later)
+    assert again.window_start is plan.window_start and again.window_end is plan.window_end
+    assert later.steps_in_window(again.window_start) is later.window_steps  # the same tensor: no comparison
+
+
+def test_logits_probabilities_are_the_softmax_and_computed_once():
+    values = torch.randn(2, 3, 7)
+    logits = Logits(values=values, start=0)
+    assert torch.equal(logits.probabilities, torch.softmax(values, dim=-1))
+    assert logits.probabilities is logits.probabilities
+    assert logits.span(8, torch.device("cpu")) is Logits(values=values * 2, start=0).span(8, torch.device("cpu"))

@@ -64,17 +64,17 @@ class TemperatureSchedule(Plugin):
         N = state.config.steps_per_block
         left = torch.arange(N, 0, -1, dtype=torch.int32, device=state.device)
         self.table = self.options.t_min + (self.options.t_max - self.options.t_min) * (left / N)
+        self.divisors = self.table[:, None, None]  # (N, 1, 1): a row's divisor for its (B, W, V) logits
 
-    def temperature(self, state, plan) -> torch.Tensor:
-        """(B,) float32 temperatures, computed as ``generate`` computes them."""
-        steps = state.steps_in_window(plan.window_start)
-        return self.table[steps.clamp(max=self.table.shape[0] - 1)]
+    def step_index(self, state, plan) -> torch.Tensor:
+        """(B,) each row's place in the table (float32 temperatures computed as ``generate`` does)."""
+        return state.steps_in_window(plan.window_start).clamp(max=self.table.shape[0] - 1)
 
     @hookimpl(wrapper=True)
     def dllm_forward(self, model, state, plan):
         logits = yield
-        t = self.temperature(state, plan).to(logits.values.device)
-        return attrs.evolve(logits, values=logits.values / t[:, None, None])
+        t = self.divisors[self.step_index(state, plan)]
+        return attrs.evolve(logits, values=logits.values / t.to(logits.values.device))
 
 
 class Multinomial(Plugin):
@@ -87,10 +87,17 @@ class Multinomial(Plugin):
 
     @hookimpl
     def dllm_sample(self, state, logits: Logits) -> torch.Tensor:
-        probs = torch.softmax(logits.values, dim=-1, dtype=torch.float32)
+        values = logits.values
         mask_id = state.config.mask_id
-        if state.config.process == "absorbing" and mask_id < probs.shape[-1]:
-            probs = probs.index_fill(-1, torch.tensor([mask_id], device=probs.device), 0.0)
+        if state.config.process == "absorbing" and mask_id < values.shape[-1]:
+            # the mask's logit, not its probability, is removed: a model sure of the mask (every
+            # other probability rounding to 0) still gives a distribution over the rest
+            probs = torch.softmax(values.index_fill(-1, torch.tensor([mask_id], device=values.device), float("-inf")),
+                                  dim=-1, dtype=torch.float32)
+        elif values.dtype == torch.float32:
+            probs = logits.probabilities  # the softmax the core's confidence reads too
+        else:
+            probs = torch.softmax(values, dim=-1, dtype=torch.float32)
         return state.rng.multinomial(probs, state.rows)
 
 
@@ -117,7 +124,7 @@ class EntropyBound(Plugin):
         logits = proposal.logits
         G = state.config.gen_length
         window = plan.window(state) & logits.reach(G, state.device)
-        entropy = logits.widen(logits.derived(categorical_entropy), float("inf"), G).masked_fill(~window, float("inf"))
+        entropy = torch.where(window, logits.widen(logits.derived(categorical_entropy), float("inf"), G), float("inf"))
         ordered, order = torch.sort(entropy, dim=-1)
         # the window's positions sort first; from the first +inf (outside the window) on, the sum
         # minus the largest is inf - inf = NaN, which no bound admits
@@ -136,14 +143,28 @@ class Renoise(Plugin):
     stochastic = True
     processes = ("uniform",)
 
+    @hookimpl
+    def dllm_start(self) -> None:
+        self.layout: tuple = ()  # (window start, window end, width, offsets) of the last step
+
+    def window_layout(self, state, plan) -> tuple[int, torch.Tensor]:
+        """The noise draw's width (the widest window) and each response column's offset in it;
+        the same while the schedule keeps its window (as the same tensors)."""
+        layout = self.layout
+        if layout and layout[0] is plan.window_start and layout[1] is plan.window_end and layout[3].shape[0] == state.batch_size:
+            return layout[2], layout[3]
+        width = int((plan.window_end - plan.window_start).max())
+        offset = (state.columns[None, :] - plan.window_start[:, None]).clamp(0, width - 1)
+        self.layout = (plan.window_start, plan.window_end, width, offset)
+        return width, offset
+
     @hookimpl(wrapper=True)
     def dllm_remask(self, state, proposal, plan):
         result = yield
         commit = result if isinstance(result, Commit) else Commit(mask=result)
         window = plan.window(state)
-        width = int((plan.window_end - plan.window_start).max())
+        width, offset = self.window_layout(state, plan)
         noise = state.rng.randint(proposal.logits.values.shape[-1], width, state.rows)
-        offset = (state.columns[None, :] - plan.window_start[:, None]).clamp(0, width - 1)
         base = commit.tokens if commit.tokens is not None else proposal.tokens
         tokens = torch.where(window > commit.mask, noise.gather(1, offset), base)  # in the window, not accepted
         return attrs.evolve(commit, tokens=tokens)
@@ -219,11 +240,12 @@ class SelfConditioning(Plugin):
     @hookimpl
     def dllm_forward(self, model, state, plan) -> Logits:
         first = state.steps_in_window(plan.window_start) == 0
-        if bool(first.all()) or self.previous is None:
+        starting = int(first.sum())  # rows at their block's first step (one transfer)
+        if starting == state.batch_size or self.previous is None:
             return self.cache.logits(model, state, plan)
         whole = state.batch_size == self.previous.shape[0]
         previous = self.previous if whole else self.previous.index_select(0, state.rows)
-        mask = None if not bool(first.any()) else ~first
+        mask = None if starting == 0 else ~first
         return self.cache.logits(model, state, plan, self_conditioning_logits=previous,
                                  self_conditioning_mask=mask)
 

@@ -116,8 +116,7 @@ class EgpOracle(Plugin):
         if self.options.stall == "no_match":
             copy = ~matched
         else:
-            cols = state.columns[None, :]
-            block = (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None])
+            block = plan.inside(state.columns)
             same_block = (self.block.index_select(0, rows) == plan.window_start)[:, None]
             unchanged = ((proposal.tokens == self.previous.index_select(0, rows)) | ~block).all(1, keepdim=True)
             copy = same_block & (unchanged | self.pending.index_select(0, rows)[:, None])

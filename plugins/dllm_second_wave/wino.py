@@ -119,8 +119,7 @@ class Wino(Plugin):
 
     def verify(self, state: DecodeState, plan: Plan, commit: torch.Tensor) -> torch.Tensor:
         """(B, G) bool: earlier commits of this block the shadow rejects (narrow out)."""
-        cols = state.columns[None, :]
-        inside = (cols >= plan.window_start[:, None]) & (cols < plan.window_end[:, None]) & state.live
+        inside = plan.inside(state.columns) & state.live
         earlier = inside & ~state.masked
         previous = (earlier & (state.commit_step == state.step - 1)).sum(1)
         weak = earlier & (self.shadow < self.options.verify)
