@@ -115,8 +115,9 @@ def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, com
         raise _fail(strategy, "dllm_remask", f"Commit.tokens must be ({B}, {G})")
     forced = torch.zeros(B, dtype=torch.long, device=state.device)
     values = commit.tokens if commit.tokens is not None else proposal.tokens
-    if not bool(accepted.any(1).all()):
-        empty = ~accepted.any(1) & (plan.budget > 0)
+    some = accepted.any(1)
+    if not bool(some.all()):
+        empty = ~some & (plan.budget > 0)
         reachable = proposal.scores > float("-inf")
         pick = ops.best_mask(proposal.scores, window & reachable) & empty[:, None]
         if bool((empty & ~pick.any(1)).any()):

@@ -63,12 +63,12 @@ class TemperatureSchedule(Plugin):
         # (float32 from an int32 count); a step past the N-th stays at n = 1
         N = state.config.steps_per_block
         left = torch.arange(N, 0, -1, dtype=torch.int32, device=state.device)
-        self.table = self.options.t_min + (self.options.t_max - self.options.t_min) * (left / N)
-        self.divisors = self.table[:, None, None]  # (N, 1, 1): a row's divisor for its (B, W, V) logits
+        table = self.options.t_min + (self.options.t_max - self.options.t_min) * (left / N)
+        self.divisors = table[:, None, None]  # (N, 1, 1): a row's divisor for its (B, W, V) logits
 
     def step_index(self, state, plan) -> torch.Tensor:
         """(B,) each row's place in the table (float32 temperatures computed as ``generate`` does)."""
-        return state.steps_in_window(plan.window_start).clamp(max=self.table.shape[0] - 1)
+        return state.steps_in_window(plan.window_start).clamp(max=self.divisors.shape[0] - 1)
 
     @hookimpl(wrapper=True)
     def dllm_forward(self, model, state, plan):
@@ -151,7 +151,7 @@ class Renoise(Plugin):
         """The noise draw's width (the widest window) and each response column's offset in it;
         the same while the schedule keeps its window (as the same tensors)."""
         layout = self.layout
-        if layout and layout[0] is plan.window_start and layout[1] is plan.window_end and layout[3].shape[0] == state.batch_size:
+        if layout and layout[0] is plan.window_start and layout[1] is plan.window_end:
             return layout[2], layout[3]
         width = int((plan.window_end - plan.window_start).max())
         offset = (state.columns[None, :] - plan.window_start[:, None]).clamp(0, width - 1)
