@@ -27,7 +27,7 @@ import torch
 from dllm_strategies import ops, uniform
 from dllm_strategies.errors import ConfigError, ModelOutputError, PluginError, StepLimitError
 from dllm_strategies.strategy import RunPlugins, Strategy
-from dllm_strategies.state import Commit, DecodeConfig, DecodeResult, DecodeState, Logits, Plan, Proposal
+from dllm_strategies.state import Commit, DecodeConfig, DecodeResult, DecodeState, Logits, Plan, Proposal, SameTensors
 
 
 class MeteredModel:
@@ -354,10 +354,12 @@ def _check_plan(strategy: RunPlugins, plan: Any, state: DecodeState) -> None:
         if not isinstance(value, torch.Tensor) or value.shape != (B,):
             raise _fail(strategy, "dllm_schedule", f"Plan.{name} must be a ({B},) tensor")
     # every bound as a quantity that must be >= 0 (the budget: > 0 unless empty steps are
-    # declared), their minima read in one transfer
-    least_budget, least_start, least_room, least_width = torch.stack(
-        [plan.budget, plan.window_start, G - plan.window_end, plan.window_end - plan.window_start - 1]).amin(1).tolist()
-    if min(least_budget, least_start, least_room, least_width) < 0:
+    # declared); the window's once per window (a schedule keeping it hands back the same tensors)
+    start, end = plan.window_start, plan.window_end
+    window_fits = _CHECKED_WINDOW.get(
+        (start, end, state.columns), lambda: min(torch.stack([start, G - end, end - start - 1]).amin(1).tolist()) >= 0)
+    least_budget = int(plan.budget.amin())
+    if not window_fits or least_budget < 0:
         raise _fail(strategy, "dllm_schedule", "needs 0 <= window_start < window_end <= gen_length and budget >= 1 "
                                                "(0 only from a schedule declaring empty_steps)")
     # A step that commits nothing (Dream's first step) only from a schedule that says it plans
@@ -374,6 +376,9 @@ def _check_plan(strategy: RunPlugins, plan: Any, state: DecodeState) -> None:
             raise _fail(strategy, "dllm_schedule",
                         f"planned budget 0 for row {int(state.rows[row])} at its step {int(state.taken[row]) + 1} of "
                         f"{state.config.steps}; an empty step is allowed only before a row's last declared step")
+
+
+_CHECKED_WINDOW = SameTensors()
 
 
 def _check_logits(strategy: RunPlugins, logits: Any, state: DecodeState) -> None:

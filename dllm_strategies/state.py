@@ -341,6 +341,33 @@ def _evolve(value: Any, changes: dict[str, Any]) -> Any:
 
 _EVOLVE_PLANS: dict[type, tuple] = {}
 
+
+class SameTensors:
+    """A one-entry memo keyed by the identity of a few tensors: ``get(keys, compute)`` hands back
+    the value computed for the last keys while it is asked about the very same tensor objects.
+
+    The loop's tensors are read-only values, and a schedule that keeps its window hands back the
+    same window tensors at every step of a block, so whatever is derived from the window alone
+    (its columns, the bounds the core checks, its block index) is computed once per block.  The
+    memo holds its keys, so an identity it compares is never reused by another tensor; one entry
+    is replaced as a whole, so concurrent runs only miss, never mix."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self) -> None:
+        self._entry: tuple = ((), None)
+
+    def get(self, keys: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        held, value = self._entry
+        if len(held) == len(keys) and all(a is b for a, b in zip(held, keys)):
+            return value
+        value = compute()
+        self._entry = (keys, value)
+        return value
+
+
+_WINDOW_COLUMNS = SameTensors()
+
 _ROW_FIELDS = ("prompt", "prompt_mask", "response", "live_length", "finished", "nfe", "block_nfe", "taken",
                "window_start", "window_steps", "commit_step", "rows")
 
@@ -359,18 +386,17 @@ class Plan:
     window_start: torch.Tensor = _tensor
     window_end: torch.Tensor = _tensor
     budget: torch.Tensor = _tensor
-    # the window's columns, and the last state window() was asked for with its answer: every
-    # hook of a step asks for the same, and a step makes several states
+    # the last state window() was asked for with its answer: every hook of a step asks for the
+    # same, and a step makes several states
     _last_window: list = attrs.field(init=False, factory=list, eq=False, repr=False)
-    _inside: list = attrs.field(init=False, factory=list, eq=False, repr=False)
 
     def inside(self, columns: torch.Tensor) -> torch.Tensor:
         """(B, G) bool: the columns of each row's window, masked or not (``columns``: the state's
-        ``columns``; computed once: treat it as read-only)."""
-        if not self._inside:
-            cols = columns[None, :]
-            self._inside.append((cols >= self.window_start[:, None]) & (cols < self.window_end[:, None]))
-        return self._inside[0]
+        ``columns``).  Computed once per window: the plans of a schedule that hands back the same
+        window tensors share it.  Treat it as read-only."""
+        start, end = self.window_start, self.window_end
+        return _WINDOW_COLUMNS.get((start, end, columns),
+                                   lambda: (columns[None, :] >= start[:, None]) & (columns[None, :] < end[:, None]))
 
     def window(self, state: DecodeState) -> torch.Tensor:
         """(B, G) bool: masked positions inside the window (computed once per state: treat it as

@@ -36,7 +36,7 @@ import torch
 from dllm_strategies import ops
 from dllm_strategies.errors import ConfigError, PluginError
 from dllm_strategies.plugin import PROCESSES
-from dllm_strategies.state import Commit, DecodeState, Plan, Proposal
+from dllm_strategies.state import Commit, DecodeState, Plan, Proposal, SameTensors
 
 __all__ = ["PROCESSES", "apply", "block_mask", "open_windows", "require_process", "stop"]
 
@@ -91,6 +91,9 @@ def open_windows(state: DecodeState, plan: Plan, vocab_size: int) -> DecodeState
     return state.evolve(response=torch.where(fresh, noise.gather(1, offset), state.response))
 
 
+_WINDOW_BLOCK = SameTensors()  # (B, 1) block index of the window (same tensors while it stays)
+
+
 def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, commit: Any,
           forwards: torch.Tensor) -> tuple[DecodeState, Commit, torch.Tensor]:
     """This step's acceptance: accepted positions take ``Commit.tokens`` (default: the sample),
@@ -132,8 +135,9 @@ def apply(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal, com
         canvas = torch.where(accepted, values, torch.where(window, commit.tokens, state.response))
     else:
         canvas = torch.where(accepted, values, state.response)
-    block = torch.div(plan.window_start, config.block_length, rounding_mode="floor")[:, None]
-    block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None].to(state.block_nfe.dtype))
+    start = plan.window_start
+    block = _WINDOW_BLOCK.get((start,), lambda: torch.div(start, config.block_length, rounding_mode="floor")[:, None])
+    block_nfe = state.block_nfe.scatter_add(1, block, forwards[:, None])
     new = state.evolve(
         response=canvas, nfe=state.nfe + forwards, block_nfe=block_nfe, taken=state.taken + 1,
         window_steps=state.steps_in_window(plan.window_start) + 1, window_start=plan.window_start,
@@ -150,7 +154,7 @@ def stop(strategy: Any, state: DecodeState, plan: Plan, proposal: Proposal,
     ending = state.window_steps >= config.steps_per_block
     for answer in strategy.call("dllm_should_stop", state=state, proposal=proposal):
         if answer is not None:
-            ending = ending | answer.bool()
+            ending = ending | (answer if answer.dtype == torch.bool else answer.bool())
     if bool(ending.any()):  # a row whose block holds nothing undecided has nothing to end
         logits = proposal.logits
         estimate = logits.widen(ops.argmax_except(logits.values, config.mask_id), config.mask_id, config.gen_length)

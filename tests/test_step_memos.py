@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from dllm_block_diffusion.denoising import categorical_entropy
 from dllm_strategies import Plugin, Strategy, hookimpl
-from dllm_strategies.state import DecodeConfig, DecodeState, Logits, Plan
+from dllm_strategies.defaults import semi_ar_plan
+from dllm_strategies.state import DecodeConfig, DecodeState, Logits, Plan, SameTensors
 
 
 def _state(B: int = 3, G: int = 8, L: int = 4) -> DecodeState:
@@ -153,8 +154,6 @@ def test_the_fast_evolve_equals_attrs_evolve_and_refuses_unknown_fields():
 
 
 def test_plan_inside_and_the_schedule_keep_their_tensors_within_a_block():
-    from dllm_strategies.defaults import semi_ar_plan
-
     state = _uniform_state()
     plan = semi_ar_plan(state)
     assert plan.inside(state.columns) is plan.inside(state.columns)
@@ -164,6 +163,27 @@ def test_plan_inside_and_the_schedule_keep_their_tensors_within_a_block():
     again = semi_ar_plan(later)
     assert again.window_start is plan.window_start and again.window_end is plan.window_end
     assert later.steps_in_window(again.window_start) is later.window_steps  # the same tensor: no comparison
+    # a new plan of the same window shares its columns; another window, even of equal values, does not
+    assert again.inside(later.columns) is plan.inside(state.columns)
+    twin = Plan(window_start=plan.window_start.clone(), window_end=plan.window_end, budget=plan.budget)
+    assert twin.inside(state.columns) is not plan.inside(state.columns)
+    assert torch.equal(twin.inside(state.columns), plan.inside(state.columns))
+
+
+def test_same_tensors_answers_for_the_very_same_objects_only():
+    memo, calls = SameTensors(), []
+
+    def compute(value):
+        calls.append(value)
+        return value
+
+    a, b = torch.tensor([1, 2]), torch.tensor([1, 2])
+    assert memo.get((a,), lambda: compute("a")) == "a"
+    assert memo.get((a,), lambda: compute("again")) == "a"
+    assert memo.get((b,), lambda: compute("b")) == "b"  # equal values, another tensor: recomputed
+    assert memo.get((b, a), lambda: compute("pair")) == "pair"  # other keys
+    assert memo.get((a,), lambda: compute("a2")) == "a2"  # one entry: the last keys only
+    assert calls == ["a", "b", "pair", "a2"]
 
 
 def test_logits_probabilities_are_the_softmax_and_computed_once():

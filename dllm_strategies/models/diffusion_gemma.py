@@ -257,12 +257,14 @@ class ExactCanvasCache:
         cache: the :class:`CanvasCache` of every row (None before the first step).
         encoded: response columns in it (the same for every row).
         masks: the decoder's 4-D masks of every row for the current canvas.
+        positions: (1, L) the current canvas's position ids.
     """
 
     batch_size: int
     cache: CanvasCache | None = None
     encoded: int = 0
     masks: dict | None = None
+    positions: torch.Tensor | None = None
     # the last view read (rows, cache view, masks): rows that stop one by one keep reading the same subset
     read: tuple | None = None
 
@@ -290,8 +292,9 @@ class ExactCanvasCache:
                 self.cache = model.encode(self.cache, block, torch.ones_like(block, dtype=torch.bool), positions)
                 self.encoded = stop
             self.masks, self.read = None, None
-        if self.masks is None:
+        if self.masks is None:  # a new canvas: its masks and positions serve every step of it
             self.masks = model.decoder_masks(self.cache, L)
+            self.positions = torch.arange(P + start, P + start + L, device=state.device)[None]
         whole = state.batch_size == self.batch_size
         rows = None if whole else state.rows
         if whole:
@@ -303,8 +306,7 @@ class ExactCanvasCache:
             masks = {k: (v if v is None else v.index_select(0, rows)) for k, v in self.masks.items()}
             self.read = (rows, view, masks)
         canvas = state.response[:, start:start + L]
-        positions = torch.arange(P + start, P + start + L, device=state.device)[None]
-        values = model.logits(canvas, position_ids=positions, cache=view, decoder_masks=masks, **inputs)
+        values = model.logits(canvas, position_ids=self.positions, cache=view, decoder_masks=masks, **inputs)
         return Logits(values=values, start=start)
 
 

@@ -74,7 +74,7 @@ class TemperatureSchedule(Plugin):
     def dllm_forward(self, model, state, plan):
         logits = yield
         t = self.divisors[self.step_index(state, plan)]
-        return attrs.evolve(logits, values=logits.values / t.to(logits.values.device))
+        return Logits(values=logits.values / t.to(logits.values.device), start=logits.start, cover=logits.cover)
 
 
 class Multinomial(Plugin):
@@ -122,15 +122,17 @@ class EntropyBound(Plugin):
     @hookimpl
     def dllm_remask(self, state, proposal, plan) -> torch.Tensor:
         logits = proposal.logits
-        G = state.config.gen_length
-        window = plan.window(state) & logits.reach(G, state.device)
-        entropy = torch.where(window, logits.widen(logits.derived(categorical_entropy), float("inf"), G), float("inf"))
+        # over the logits' own columns, as generate sorts its canvas: the same ties, fewer entries
+        window = plan.window(state)[:, logits.start:logits.stop]
+        if logits.cover is not None:
+            window = window & logits.cover
+        entropy = torch.where(window, logits.derived(categorical_entropy), float("inf"))
         ordered, order = torch.sort(entropy, dim=-1)
         # the window's positions sort first; from the first +inf (outside the window) on, the sum
         # minus the largest is inf - inf = NaN, which no bound admits
         spent = torch.cumsum(ordered, dim=-1) - ordered
         keep = spent <= self.options.bound
-        return torch.zeros_like(keep).scatter(-1, order, keep) & window
+        return logits.widen(torch.zeros_like(keep).scatter(-1, order, keep), False, state.config.gen_length)
 
 
 class Renoise(Plugin):
@@ -167,7 +169,7 @@ class Renoise(Plugin):
         noise = state.rng.randint(proposal.logits.values.shape[-1], width, state.rows)
         base = commit.tokens if commit.tokens is not None else proposal.tokens
         tokens = torch.where(window > commit.mask, noise.gather(1, offset), base)  # in the window, not accepted
-        return attrs.evolve(commit, tokens=tokens)
+        return Commit(mask=commit.mask, tokens=tokens, revoke=commit.revoke)
 
 
 class StableStop(Plugin):
@@ -209,7 +211,7 @@ class StableStop(Plugin):
         fresh = state.window_steps == 1  # the block's first step: its history starts empty
         if S > 1:
             history = history.masked_fill(fresh[:, None, None], -1)
-        stable = (history == argmax[:, None, :]).flatten(1).all(1) & ~fresh
+        stable = (history == argmax[:, None, :]).flatten(1).all(1) > fresh  # and not fresh
         latest = argmax[:, None, :] if S == 1 else torch.cat([history[:, 1:], argmax[:, None, :]], 1)
         if whole:
             self.history = latest
@@ -239,8 +241,11 @@ class SelfConditioning(Plugin):
 
     @hookimpl
     def dllm_forward(self, model, state, plan) -> Logits:
-        first = state.steps_in_window(plan.window_start) == 0
-        starting = int(first.sum())  # rows at their block's first step (one transfer)
+        steps = state.steps_in_window(plan.window_start)
+        # rows at their block's first step (one transfer); none when the plan keeps the last
+        # step's window, whose step count (window_steps) includes that step
+        first = None if steps is state.window_steps and state.step > 0 else steps == 0
+        starting = 0 if first is None else int(first.sum())
         if starting == state.batch_size or self.previous is None:
             return self.cache.logits(model, state, plan)
         whole = state.batch_size == self.previous.shape[0]
