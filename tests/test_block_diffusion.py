@@ -184,13 +184,15 @@ def test_the_block_benchmark_runs_at_cpu_size(tmp_path):
     NFE = decoder passes) and the block-causal exact cache beside the uncached forward."""
     from dllm_harness import bench_block
 
-    code = bench_block.main(["--device", "cpu", "--size", "tiny", "--batches", "2", "--canvases", "1",
+    code = bench_block.main(["--device", "cpu", "--size", "tiny", "--batches", "1", "2", "--canvases", "1",
                              "--repeats", "1", "--denoising-steps", "4", "--block-strategies", "threshold(tau=0.9)",
                              "--output", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "bench_block.json").read_text())
-    assert [r["same_tokens"] and r["same_nfe"] for r in report["diffusion_gemma"]] == [True]
-    assert len(report["block_causal"]) == 2 and all(r["same_tokens"] for r in report["block_causal"])
+    assert [r["same_tokens"] and r["same_nfe"] for r in report["diffusion_gemma"]] == [True, True]
+    costs = [(r["generate_loop_ms_per_pass"], r["ours_loop_ms_per_pass"]) for r in report["diffusion_gemma"]]
+    assert min(costs[0]) > 0 and costs[1] == (None, None)  # the replayed loops: batch 1 only
+    assert len(report["block_causal"]) == 4 and all(r["same_tokens"] for r in report["block_causal"])
     assert "ours / generate" in (tmp_path / "bench_block.md").read_text()
 
 

@@ -4,7 +4,9 @@
   ``model.generate()``, side by side in one run, on the same prompts with the same seed: wall
   time of each (median of ``--repeats`` alternating runs after an untimed warm-up of each; the
   ratio is the median of the back-to-back pairs' ratios), whether
-  the tokens are identical and whether our NFE equals generate's decoder passes.
+  the tokens are identical and whether our NFE equals generate's decoder passes; and each loop's
+  own cost per decoder pass at batch 1, the decoder's recorded outputs replayed to both (the
+  model's cost removed: what is left of the gap).
 * **Masked block diffusion** (SDAR's architecture, and Fast-dLLM v2's token shift): our decode
   with the exact cache against the same strategy through the uncached block-causal forward (the
   whole sequence every step), greedy, so the tokens must agree; wall time, NFE and cache writes.
@@ -87,6 +89,41 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def loop_costs(module: torch.nn.Module, loops: dict[str, Callable[[], Any]], repeats: int,
+               device: torch.device) -> dict[str, float]:
+    """Seconds per decoder pass that each decode loop spends beside the decoder: the decoder's
+    outputs of one run of the first loop are recorded, then every loop runs ``repeats`` times
+    (alternating) on those outputs replayed in order, so only the loops' own work (and the
+    encoder passes) is timed.  Meaningful only for loops that make the same calls (same tokens)."""
+    original = module.forward
+    record: list = []
+    cursor = [0]
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        record.append(original(*args, **kwargs))
+        return record[-1]
+
+    def replaying(*args: Any, **kwargs: Any) -> Any:
+        cursor[0] += 1
+        return record[cursor[0] - 1]
+
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    module.forward = recording
+    try:
+        next(iter(loops.values()))()
+        module.forward = replaying
+        for _ in range(repeats):
+            for name, loop in loops.items():
+                cursor[0] = 0
+                times[name].append(timed(loop, device)[1] / len(record))
+                if cursor[0] != len(record):
+                    raise DllmError(f"the {name} loop made {cursor[0]} decoder passes where the recorded run made "
+                                    f"{len(record)}: the loops do not decode the same way")
+    finally:
+        del module.forward  # the class's forward again
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def prompts(vocab: int, batch: int, seed: int) -> list[list[int]]:
     """Left-padded prompts of different lengths (ids 3..vocab-1: no special token of the tiny tokenizer)."""
     g = torch.Generator().manual_seed(seed)
@@ -140,12 +177,17 @@ def diffusion_gemma_rows(size: Size, args: argparse.Namespace, device: torch.dev
         # each pair ran back to back: the median of the pairs' ratios is robust to a machine whose
         # speed drifts over the run (a shared VM), where the ratio of two medians is not
         paired = statistics.median(o / t for o, t in zip(our_times, their_times, strict=True))
+        # one row only: with more, our decoder runs the rows still denoising where generate runs
+        # all of them, so the recorded passes do not fit our calls
+        loops = loop_costs(model.module, {"generate": theirs, "ours": ours}, args.repeats, device) \
+            if batch == 1 else {"generate": None, "ours": None}
         rows.append({
             "family": "DiffusionGemma", "batch": batch, "gen_length": new, "canvas": model.block_length,
             "denoising_steps": generation.max_denoising_steps, "generate_s": theirs_median, "ours_s": mine,
             "ratio": paired, "ratio_of_medians": mine / theirs_median, "same_tokens": bool(torch.equal(tokens.cpu(), result.tokens.cpu())),
             "same_nfe": bool(torch.equal(passes.cpu(), result.nfe.cpu())), "nfe": result.nfe.tolist(),
             "encoder_forwards": result.encoder_forwards, "generate_runs_s": their_times, "ours_runs_s": our_times,
+            **{f"{name}_loop_ms_per_pass": None if cost is None else cost * 1e3 for name, cost in loops.items()},
         })
     return rows
 
@@ -179,15 +221,24 @@ def block_causal_rows(size: Size, args: argparse.Namespace, device: torch.device
     return rows
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# Block-diffusion benchmark ({s['size']}, {s['device']}, {s['torch_threads']} threads)", "",
              "## DiffusionGemma: our decode vs transformers' generate(), same prompts and seed", "",
              "| batch | gen length | steps/canvas | generate() s | ours s | ours / generate | same tokens | "
-             "NFE = decoder passes |", "|---|---|---|---|---|---|---|---|"]
+             "NFE = decoder passes | loop ms/pass: generate() | loop ms/pass: ours |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["diffusion_gemma"]:
         lines.append(f"| {r['batch']} | {r['gen_length']} | {r['denoising_steps']} | {r['generate_s']:.3f} | "
-                     f"{r['ours_s']:.3f} | {r['ratio']:.2f} | {r['same_tokens']} | {r['same_nfe']} |")
+                     f"{r['ours_s']:.3f} | {r['ratio']:.2f} | {r['same_tokens']} | {r['same_nfe']} | "
+                     f"{_ms(r['generate_loop_ms_per_pass'])} | {_ms(r['ours_loop_ms_per_pass'])} |")
+    lines += ["", "Loop ms/pass: each loop's time per decoder pass beside the decoder, the decoder's outputs "
+              "replayed (encoder passes included); batch 1 only (with more rows our decoder runs only the rows "
+              "still denoising, generate all of them)."]
     lines += ["", "## Masked block diffusion: exact cache vs the uncached block-causal forward", "",
               "| model | strategy | batch | gen length | exact cache s | uncached s | speedup | same tokens | "
               "cache writes |", "|---|---|---|---|---|---|---|---|---|"]
