@@ -316,6 +316,26 @@ def test_decoded_batches_are_kept_and_a_rerun_continues_from_them(tmp_path, monk
         tr.teacher_trajectories(model, problems[::-1], config, progress=False, parts=parts, settings={"seed": 1})
 
 
+def test_a_second_worker_decodes_the_later_batches_and_a_full_run_reads_them_all(tmp_path, monkeypatch):
+    model, _ = _scripted_teacher("3 + 4 = 7 . #### 7 <|eot_id|>", 16)
+    problems = [Problem(f"Tom has {i} apples . How many apples does Tom have now ?", "", 7) for i in range(6)]
+    config = tr.TrajectoryConfig(gen_length=16, block_length=8, batch_size=2)
+    decoded = []
+    original = tr._decode_chunk
+    monkeypatch.setattr(tr, "_decode_chunk", lambda m, chunk, c: decoded.append(chunk[0].question) or original(m, chunk, c))
+    parts = tmp_path / "parts"
+    later = tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 1}, first=4)
+    assert later["question"] == [p.question for p in problems[4:]] and decoded == [problems[4].question]
+    whole = tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 1})
+    assert whole["question"] == [p.question for p in problems]
+    assert decoded == [problems[4].question, problems[0].question, problems[2].question]  # batch 4 read back
+    for bad in (3, 6):  # not a batch start; past the problems
+        with pytest.raises(ConfigError, match="multiple of the batch size"):
+            tr.teacher_trajectories(model, problems, config, progress=False, parts=parts, settings={"seed": 1}, first=bad)
+    with pytest.raises(ConfigError, match="parts directory"):
+        tr.teacher_trajectories(model, problems, config, progress=False, first=2)
+
+
 def test_the_teachers_weights_are_identified_wherever_they_lie(tmp_path):
     import shutil
 

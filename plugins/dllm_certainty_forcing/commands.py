@@ -53,6 +53,10 @@ def add_distill_command(subparsers) -> None:
                    help="response length the teacher decodes: the length the student is judged at (256)")
     t.add_argument("--block-length", type=int, default=32, help="the teacher's semi-autoregressive block")
     t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--from", dest="first", type=int, default=0, metavar="K",
+                   help="a second worker: decode only the batches from problem K on (a multiple of "
+                        "--batch-size) into OUTPUT/parts and save no set; the same command without --from, "
+                        "run once every worker is done, reads every batch and saves the set")
     t.add_argument("--raw", action="store_true", help="prompts without the chat template")
     t.add_argument("--keep", choices=("correct", "all"), default="correct",
                    help="'correct' (the method) or 'all' (smoke tests with untrained models only)")
@@ -205,7 +209,11 @@ def run_trajectories(args: argparse.Namespace) -> int:
     settings = {"teacher_weights": tr.weights_fingerprint(teacher_dir), "task": source, "seed": args.seed,
                 "difficulty": attrs.asdict(difficulty) if difficulty is not None else None}
     table = tr.teacher_trajectories(model, problems, config, progress=not args.quiet, parts=parts,
-                                    settings=settings)
+                                    settings=settings, first=args.first)
+    if args.first:
+        print(f"decoded problems {args.first} to {len(problems) - 1} into {parts} ({sum(table['correct'])} of "
+              f"{len(table)} right); run the same command without --from to save the whole set")
+        return 0
     kept = tr.keep_rows(table, config.keep)
     correct = sum(table["correct"])
     metadata = {

@@ -171,7 +171,7 @@ def _write_part(file: Path, rows: dict[str, list], seconds: float) -> None:
 @torch.inference_mode()
 def teacher_trajectories(model: Any, problems: Sequence[Problem], config: TrajectoryConfig = TrajectoryConfig(),
                          *, progress: bool = True, parts: str | Path | None = None,
-                         settings: dict[str, Any] | None = None):
+                         settings: dict[str, Any] | None = None, first: int = 0):
     """Decode every problem with the teacher's standard decode (LLaDA low-confidence, one
     token per step); return every row, right or not, as a ``datasets.Dataset`` (see the
     module docstring for the columns).  :func:`keep_rows` then applies ``config.keep``.
@@ -183,18 +183,25 @@ def teacher_trajectories(model: Any, problems: Sequence[Problem], config: Trajec
     ``settings`` (what decoded them: teacher, decode config, problem source) are kept in
     ``parts/settings.json``; other settings, or a batch holding other questions, are errors.
     :func:`decode_seconds` sums the seconds every session spent on the batches.
+
+    ``first``: decode only the batches from problem ``first`` on (a multiple of the batch size;
+    ``parts`` required) and return their rows: a second worker of the same decode writes the
+    later batches while the first writes the earlier ones, and a run from 0 then reads them all.
     """
     import datasets
     from tqdm.auto import tqdm
 
     if not problems:
         raise ConfigError("trajectories: no problems to decode; ask for at least one")
+    if first and (parts is None or first % config.batch_size or not 0 < first < len(problems)):
+        raise ConfigError(f"decoding from problem {first} needs a parts directory and a start that is a multiple "
+                          f"of the batch size ({config.batch_size}) below the {len(problems)} problems")
     folder = None if parts is None else Path(parts)
     if folder is not None:
         _open_parts(folder, {"config": attrs.asdict(config), **(settings or {})})
     rows: dict[str, list] = {k: [] for k in COLUMNS}
-    bar = tqdm(total=len(problems), desc="trajectories", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(problems), config.batch_size):
+    bar = tqdm(total=len(problems) - first, desc="trajectories", disable=not progress, dynamic_ncols=True)
+    for start in range(first, len(problems), config.batch_size):
         chunk = problems[start:start + config.batch_size]
         file = None if folder is None else _part_file(folder, start)
         part = None if file is None else _read_part(file, [p.question for p in chunk])
