@@ -748,3 +748,27 @@ def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
     assert int(result.nfe.max()) < 64, "the distilled model decodes in fewer forwards than tokens"
     right = sum(extract_answer(text) == p.answer for text, p in zip(result.text, problems, strict=True))
     assert right >= 6, f"only {right}/8 of the first held-out problems right"
+
+
+def test_long_answer_pair_is_registered_and_its_student_needs_fewer_forwards():
+    from dllm_strategies import decode
+    from dllm_arith.task import ARITH_LONG
+    from dllm_strategies.models import load_model
+    from dllm_strategies.discovery import installed_models
+
+    models = installed_models()
+    teacher, student = models["long-answer"], models["long-answer-dparallel"]
+    assert teacher["path"].parts[-3:] == ("dllm_arith", "assets", "long-answer")
+    assert student["strategy"] == "entropy_threshold(tau=0.5)" and student["block_length"] == 32
+    for entry in (teacher, student):
+        assert (entry["path"] / "model.safetensors").stat().st_size < 20 * 2**20, "shipped checkpoints stay under 20 MB"
+    record = json.loads((student["path"] / "distillation.json").read_text())
+    assert record["config"]["mask_distribution"] == "high", "the shipped long student is the high-ratio deviation"
+
+    questions = [p.question for p in ARITH_LONG.test_problems()[:8]]
+    nfe = {}
+    for name in ("long-answer", "long-answer-dparallel"):
+        result = decode(load_model(name, device="cpu"), questions, strategy=student["strategy"], gen_length=128,
+                        block_length=student["block_length"], chat=True)
+        nfe[name] = int(result.nfe.sum())
+    assert nfe["long-answer-dparallel"] < 0.8 * nfe["long-answer"], nfe

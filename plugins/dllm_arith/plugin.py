@@ -1,6 +1,6 @@
 """Registration plugin of the synthetic arithmetic task: the shipped ``default`` model, the
 ``arith`` task (the bench's and the lm-eval local tasks' problems), its long-answer variant
-``arith-long`` and the ``train`` command."""
+``arith-long`` with its own model ``long-answer``, and the ``train`` command."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from dllm_strategies.errors import ConfigError
 from dllm_strategies.progress import StatusLine
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+LONG_ANSWER_MODEL_DIR = Path(__file__).parent / "assets" / "long-answer"
 
 
 @hookimpl
 def dllm_models(register) -> None:
     register("default", DEFAULT_MODEL_DIR, strategy=None,
              description="6-layer d=128 LLaDA-style model trained on the synthetic arithmetic task")
+    register("long-answer", LONG_ANSWER_MODEL_DIR, strategy=None,
+             description="the default model trained further on the task 'arith-long' (answers of 3 or 4 "
+                         "blocks of 32; decode at gen 128 or more)")
 
 
 @hookimpl
