@@ -3,7 +3,8 @@
 * :func:`pareto`: accuracy against mean forward passes, against the answer forwards alone (the
   forwards spent while a row's open block holds answer tokens, docs/metrics.md: what an acceptance
   rule decides, apart from the end-of-text tail) and against seconds per problem, one panel
-  row per (model, gen length); one colour per method, a curve through a method's points when it
+  row per gen length with every model on it (a teacher and its student side by side); one colour
+  per method and one marker and line style per model, a curve through a method's points when it
   has several (its knob values written beside them), one legend entry per method or combination.
 * :func:`tpf_curves`: accuracy against TPF per method, with each method's AUP in the legend.
 * :func:`trajectory`: for one example, the step at which each response position was committed
@@ -105,18 +106,24 @@ def _accuracy_axis(ax: Any, values: Sequence[float]) -> None:
     ax.set_ylim(max(0.0, low - 5.0) - 1.0, min(100.0, high + 5.0) + 1.0)
 
 
-def _draw_method(ax: Any, points: list[tuple[float, float, Any]], colour: Any, label: str) -> None:
+# Per model on a shared panel: its marker and its curves' line style.
+_MODEL_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
+
+
+def _draw_method(ax: Any, points: list[tuple[float, float, Any]], colour: Any, label: str,
+                 style: tuple[str, str] = _MODEL_STYLES[0]) -> None:
+    marker, line = style
     points = sorted(points, key=lambda p: p[0])
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     if len(points) > 1:
-        ax.plot(xs, ys, "-o", color=colour, label=label, markersize=6, linewidth=1.5)
+        ax.plot(xs, ys, marker=marker, linestyle=line, color=colour, label=label, markersize=6, linewidth=1.5)
         for x, y, entry in points:
             ax.annotate(_knob_text(entry), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=colour)
     else:
         entry = points[0][2]
-        ax.plot(xs, ys, "*" if entry.baseline else "o", color=colour, label=label, markersize=11 if entry.baseline
-                else 7, linestyle="none")
+        ax.plot(xs, ys, "*" if entry.baseline else marker, color=colour, label=label,
+                markersize=11 if entry.baseline else 7, linestyle="none")
 
 
 def _legend_label(members: list[Any]) -> str:
@@ -137,31 +144,40 @@ def _groups(results: Sequence[Any], task: tuple[str, int]) -> dict[str, list[Any
 
 def pareto(results: Sequence[Any], path: Path) -> Path:
     """Accuracy against mean NFE (left), mean answer forwards (middle) and seconds per problem
-    (right), per (model, gen length)."""
-    tasks, colours = _tasks(results), _methods(results)
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(19, 4.6 * len(tasks)), squeeze=False, layout="constrained")
+    (right), per gen length, every model on the same panels."""
+    colours = _methods(results)
+    models = list(dict.fromkeys(r.task[0] for r in results))
+    styles = {model: _MODEL_STYLES[i % len(_MODEL_STYLES)] for i, model in enumerate(models)}
+    gen_lengths = list(dict.fromkeys(r.task[1] for r in results))
+    fig, axes = plt.subplots(len(gen_lengths), 3, figsize=(19, 4.6 * len(gen_lengths)), squeeze=False,
+                             layout="constrained")
     handles: dict[str, Any] = {}
     panels = (("nfe", "mean forward passes per problem (NFE)"),
               ("answer", "mean answer forwards per problem (the end-of-text tail left out)"),
               ("seconds", "decode seconds per problem"))
-    for row, task in enumerate(tasks):
+    for row, gen_length in enumerate(gen_lengths):
+        here = [r for r in results if r.task[1] == gen_length]
         for col, (metric, xlabel) in enumerate(panels):
             ax = axes[row][col]
-            for method, members in _groups(results, task).items():
-                points = []
-                for r in members:
-                    t = r.totals
-                    x = {"nfe": t.mean_nfe, "answer": t.mean_answer_forwards,
-                         "seconds": t.seconds / max(t.requests, 1)}[metric]
-                    if x is not None:  # a journal written before the answer / tail split has none
-                        points.append((max(x, 1e-3), r.accuracy, r.entry))
-                if points:
-                    _draw_method(ax, points, colours[method], _legend_label(members))
+            for model in models:
+                for method, members in _groups(here, (model, gen_length)).items():
+                    points = []
+                    for r in members:
+                        t = r.totals
+                        x = {"nfe": t.mean_nfe, "answer": t.mean_answer_forwards,
+                             "seconds": t.seconds / max(t.requests, 1)}[metric]
+                        if x is not None:  # a journal written before the answer / tail split has none
+                            points.append((max(x, 1e-3), r.accuracy, r.entry))
+                    if points:
+                        label = _legend_label(members)
+                        _draw_method(ax, points, colours[method], f"{model}: {label}" if len(models) > 1 else label,
+                                     styles[model])
             _log_axis(ax)
-            _accuracy_axis(ax, [r.accuracy for r in results if r.task == task])
+            _accuracy_axis(ax, [r.accuracy for r in here])
             ax.set_xlabel(xlabel)
             ax.set_ylabel("accuracy (%)")
-            ax.set_title(f"{task[0]}, gen length {task[1]}", fontsize=_TITLE)
+            ax.set_title(f"gen length {gen_length}" if len(models) > 1 else f"{models[0]}, gen length {gen_length}",
+                         fontsize=_TITLE)
             ax.grid(True, which="both", alpha=0.3)
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, handle)
