@@ -156,11 +156,10 @@ def pareto(results: Sequence[Any], path: Path) -> Path:
               ("answer", "mean answer forwards per problem (the end-of-text tail left out)"),
               ("seconds", "decode seconds per problem"))
     for row, gen_length in enumerate(gen_lengths):
-        here = [r for r in results if r.task[1] == gen_length]
         for col, (metric, xlabel) in enumerate(panels):
             ax = axes[row][col]
             for model in models:
-                for method, members in _groups(here, (model, gen_length)).items():
+                for method, members in _groups(results, (model, gen_length)).items():
                     points = []
                     for r in members:
                         t = r.totals
@@ -173,7 +172,7 @@ def pareto(results: Sequence[Any], path: Path) -> Path:
                         _draw_method(ax, points, colours[method], f"{model}: {label}" if len(models) > 1 else label,
                                      styles[model])
             _log_axis(ax)
-            _accuracy_axis(ax, [r.accuracy for r in here])
+            _accuracy_axis(ax, [r.accuracy for r in results if r.task[1] == gen_length])
             ax.set_xlabel(xlabel)
             ax.set_ylabel("accuracy (%)")
             ax.set_title(f"gen length {gen_length}" if len(models) > 1 else f"{models[0]}, gen length {gen_length}",
