@@ -156,10 +156,11 @@ def pareto(results: Sequence[Any], path: Path) -> Path:
               ("answer", "mean answer forwards per problem (the end-of-text tail left out)"),
               ("seconds", "decode seconds per problem"))
     for row, gen_length in enumerate(gen_lengths):
+        groups = {model: _groups(results, (model, gen_length)) for model in models}
         for col, (metric, xlabel) in enumerate(panels):
             ax = axes[row][col]
             for model in models:
-                for method, members in _groups(results, (model, gen_length)).items():
+                for method, members in groups[model].items():
                     points = []
                     for r in members:
                         t = r.totals
