@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,27 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
+from test_native_models import write_llada
 
+# The task module itself, not its test_problems: a function of that name here would be collected.
+import dllm_arith.task as arith_task
+from dllm_arith.sft import collate
+from dllm_arith.task import ARITH_LONG, Problem, extract_answer, validation_problems
 from dllm_arith.tokenizer import build_tokenizer
 from dllm_certainty_forcing import loss as cf_loss
 from dllm_certainty_forcing import trajectories as tr
 from dllm_certainty_forcing.commands import default_total_length
+from dllm_certainty_forcing.diagnostic import DiagnosticConfig, diagnose, markdown, visited_states
+from dllm_certainty_forcing.export import save_student
 from dllm_certainty_forcing.masking import MaskRatio, block_count, draw_views
-from dllm_certainty_forcing.training import DistillConfig, attach_lora, batch_indices, distill, layout
-from dllm_arith.task import Problem
+from dllm_certainty_forcing.training import DistillConfig, attach_lora, batch_indices, batch_terms, distill, layout
+from dllm_strategies import decode, encode_prompts, ops
+from dllm_strategies.cli import main
+from dllm_strategies.discovery import installed_models
 from dllm_strategies.errors import ConfigError, ModelError
+from dllm_strategies.models import families, load_model
+from dllm_strategies.models.tiny import tiny_model
+from dllm_strategies.testing import FakeModel
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -246,7 +259,6 @@ def test_the_filter_compares_the_final_answer():
     assert tr.final_answer("#### -3 and #### 4") == -3
     assert tr.final_answer("The answer is 1,024.", r"answer is\s*([\d,]+)") == 1024
     assert tr.final_answer("The answer is x", r"answer is\s*(\w+)") is None
-    from dllm_arith.task import extract_answer
 
     for text in ("1 + 2 = 3 . #### 3", "#### 30 #### 3", "3", "#### -4", "so 9 - 2 = 7 . ####7 <|eot_id|>"):
         for answer in (3, 30, -4, 7):
@@ -255,8 +267,6 @@ def test_the_filter_compares_the_final_answer():
 
 def _scripted_teacher(text: str, gen_length: int):
     """A fake teacher whose response is always ``text`` then end-of-text (whatever the prompt)."""
-    from dllm_arith.tokenizer import build_tokenizer
-    from dllm_strategies.testing import FakeModel
 
     tok = build_tokenizer()
     script = tok(text, add_special_tokens=False)["input_ids"]
@@ -284,8 +294,6 @@ def test_teacher_trajectories_keep_only_correct_answers_and_the_teachers_own_tok
     response = script[:script.index(model.fill_id)]  # trailing end-of-text removed
     assert all(r == response for r in table["response_ids"])
     for row, problem in zip(table, problems, strict=True):
-        from dllm_strategies.decode import encode_prompts
-
         ids, _ = encode_prompts(model, [problem.question], chat=True)
         assert row["prompt_ids"] == ids[0].tolist()
     kept = tr.keep_rows(table, "correct")
@@ -337,8 +345,6 @@ def test_a_second_worker_decodes_the_later_batches_and_a_full_run_reads_them_all
 
 
 def test_the_teachers_weights_are_identified_wherever_they_lie(tmp_path):
-    import shutil
-
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "config.json").write_text("{}")
     (tmp_path / "a" / "model.safetensors").write_bytes(b"x" * 100)
@@ -380,8 +386,6 @@ def test_missing_trajectories_and_problem_files_are_named(tmp_path):
 # ----------------------------------------------------------------------------- the diagnostic
 
 def test_answer_and_tail_blocks_are_read_from_the_first_end_token():
-    from dllm_strategies import ops
-
     targets = torch.tensor([[5, 6, 7, 1, 1, 1, 1, 1], [5, 2, 1, 1, 1, 1, 1, 1], [5, 6, 7, 8, 9, 5, 6, 7],
                             [1, 1, 1, 1, 1, 1, 1, 1]])
     answer = ops.first_index_of(targets, [1, 2])
@@ -391,10 +395,6 @@ def test_answer_and_tail_blocks_are_read_from_the_first_end_token():
 
 
 def test_visited_states_rebuild_every_forward_of_a_decode():
-    from dllm_certainty_forcing.diagnostic import visited_states
-    from dllm_strategies import decode, encode_prompts
-    from dllm_strategies.models.tiny import tiny_model
-
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=11)
     prompts = [[20, 21, 22, 23], [30, 31]]
     result = decode(model, prompts, strategy="entropy_threshold(tau=0.5)", gen_length=16, block_length=8,
@@ -419,8 +419,6 @@ def test_visited_states_rebuild_every_forward_of_a_decode():
 
 
 def test_the_diagnostic_of_a_certain_teacher_on_its_own_trajectories():
-    from dllm_certainty_forcing.diagnostic import DiagnosticConfig, diagnose, markdown
-
     model, script = _scripted_teacher("3 + 4 = 7 . #### 7 <|eot_id|>", 32)
     response = script[:script.index(model.fill_id)]
     prompts = [[5, 6, 7], [8, 9]]
@@ -503,9 +501,6 @@ def test_the_authors_layout_cuts_or_pads_prompt_and_response_to_one_total_length
 
 
 def test_in_the_authors_layout_a_samples_loss_does_not_depend_on_its_batch():
-    from dllm_certainty_forcing.training import batch_terms
-    from dllm_strategies.models.tiny import tiny_model
-
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=3)
     config = DistillConfig(steps=1, total_length=20, block_length=4, mask_distribution="uniform")
     pairs = _pairs(5, seed=4)
@@ -535,8 +530,6 @@ def _pairs(n: int = 8, seed: int = 0) -> list[tuple[list[int], list[int]]]:
 
 
 def test_a_response_longer_than_the_pad_length_is_an_error(tmp_path):
-    from dllm_strategies.models.tiny import tiny_model
-
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2)
     with pytest.raises(ConfigError, match="pad length to at least 11"):
         distill(model, [([5, 6], list(range(20, 31)))], config=DistillConfig(steps=1, pad_length=8, block_length=4),
@@ -547,10 +540,6 @@ def test_a_response_longer_than_the_pad_length_is_an_error(tmp_path):
 
 
 def test_distillation_fits_the_targets_and_certainty_forcing_sharpens_them(tmp_path):
-    from dllm_certainty_forcing.training import batch_terms
-    from dllm_strategies.models.tiny import tiny_model
-    from dllm_arith.sft import collate
-
     g = _gen(0)
     pairs = [(torch.randint(20, 60, (5,), generator=g).tolist(), list(range(30, 42))) for _ in range(8)]
     batch = collate([p for p, _ in pairs], [r for _, r in pairs], 16, 1, 1)
@@ -575,8 +564,6 @@ def test_distillation_fits_the_targets_and_certainty_forcing_sharpens_them(tmp_p
 
 @pytest.mark.parametrize("lengths", [dict(pad_length=16), dict(total_length=20, mask_distribution="high")])
 def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path, lengths):
-    from dllm_strategies.models.tiny import tiny_model
-
     weights = []
     for micro in (0, 1):
         model = tiny_model(tokenizer=build_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, seed=8)
@@ -588,8 +575,6 @@ def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path, lengths):
 
 
 def test_lora_trains_only_adapters_and_merges_into_a_plain_llama(tmp_path):
-    from dllm_strategies.models.tiny import tiny_model
-
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=6)
     with pytest.raises(ConfigError, match="not found"):
         attach_lora(model.module, DistillConfig(steps=1, pad_length=16, lora_rank=4, lora_targets=("qkv",)))
@@ -608,8 +593,6 @@ def test_lora_trains_only_adapters_and_merges_into_a_plain_llama(tmp_path):
 
 
 def test_the_large_model_options_run_bf16_lora_with_gradient_checkpointing(tmp_path):
-    from dllm_strategies.models.tiny import tiny_model
-
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=9, dtype=torch.bfloat16)
     before = model.module.model.layers[1].mlp.down_proj.weight.detach().clone()
     config = DistillConfig(steps=2, batch_size=2, micro_batch_size=1, lr=1e-2, pad_length=16, block_length=8,
@@ -622,10 +605,6 @@ def test_the_large_model_options_run_bf16_lora_with_gradient_checkpointing(tmp_p
 
 
 def test_llada_layout_student_is_written_back_in_llada_layout(tmp_path):
-    from test_native_models import write_llada
-
-    from dllm_certainty_forcing.export import save_student
-    from dllm_strategies.models import families, load_model
 
     teacher = write_llada(tmp_path / "LLaDA-tiny", shards=2)
     model = load_model(str(teacher), device="cpu", dtype="float32")
@@ -649,8 +628,6 @@ def test_llada_layout_student_is_written_back_in_llada_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def micro_teacher(tmp_path_factory) -> Path:
-    from dllm_strategies.models.tiny import tiny_model
-
     directory = tmp_path_factory.mktemp("teacher") / "micro"
     model = tiny_model(tokenizer=build_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=7, max_positions=256)
     model.module.save_pretrained(str(directory))
@@ -665,18 +642,14 @@ def _train_args(data: Path, output: Path, *extra: str) -> list[str]:
 
 
 def test_cli_trajectories_then_train_with_a_resume(micro_teacher, tmp_path, capsys):
-    from dllm_strategies.cli import main
-    from dllm_strategies.models import load_model
-
     data = tmp_path / "trajectories"
     assert main(["distill", "trajectories", "--teacher", str(micro_teacher), "--output", str(data),
                  "--problems", "6", "--gen-length", "32", "--block-length", "16", "--batch-size", "4",
                  "--keep", "all", "--device", "cpu", "--quiet"]) == 0
     table, meta = tr.load_trajectories(data)
     assert len(table) == 6 and meta["decoded"] == 6 and meta["config"]["gen_length"] == 32
-    from dllm_arith.task import test_problems, validation_problems
 
-    held_out = {p.question for p in test_problems() + validation_problems()}
+    held_out = {p.question for p in arith_task.test_problems() + validation_problems()}
     assert not held_out & set(table["question"])  # training problems: never a test or validation question
     val = tmp_path / "validation"
     assert main(["distill", "trajectories", "--teacher", str(micro_teacher), "--output", str(val), "--split",
@@ -722,9 +695,6 @@ def test_cli_trajectories_then_train_with_a_resume(micro_teacher, tmp_path, caps
 
 
 def test_default_dparallel_is_registered_with_its_decoding():
-    from dllm_strategies.models import load_model
-    from dllm_strategies.discovery import installed_models
-
     entry = installed_models()["default-dparallel"]
     assert entry["strategy"] == "entropy_threshold(tau=0.5)" and entry["block_length"] == 32
     assert entry["path"].parts[-3:] == ("dllm_certainty_forcing", "assets", "default-dparallel")
@@ -735,14 +705,9 @@ def test_default_dparallel_is_registered_with_its_decoding():
 
 
 def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
-    from dllm_strategies import decode
-    from dllm_arith.task import extract_answer, test_problems
-    from dllm_strategies.models import load_model
-    from dllm_strategies.discovery import installed_models
-
     entry = installed_models()["default-dparallel"]
     model = load_model("default-dparallel", device="cpu")
-    problems = test_problems()[:8]
+    problems = arith_task.test_problems()[:8]
     result = decode(model, [p.question for p in problems], strategy=entry["strategy"], gen_length=64,
                     block_length=entry["block_length"], chat=True)
     assert int(result.nfe.max()) < 64, "the distilled model decodes in fewer forwards than tokens"
@@ -751,11 +716,6 @@ def test_default_dparallel_loads_and_answers_with_its_recommended_decoding():
 
 
 def test_long_answer_pair_is_registered_and_its_student_needs_fewer_forwards():
-    from dllm_strategies import decode
-    from dllm_arith.task import ARITH_LONG
-    from dllm_strategies.models import load_model
-    from dllm_strategies.discovery import installed_models
-
     models = installed_models()
     teacher, student = models["long-answer"], models["long-answer-dparallel"]
     assert teacher["path"].parts[-3:] == ("dllm_arith", "assets", "long-answer")
